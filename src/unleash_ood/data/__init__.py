@@ -1,0 +1,75 @@
+"""Datasets by name: the in-distribution splits and the OOD suites, all as [0, 1] image tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+from .fashion import CLASSES as FASHION_CLASSES
+from .fashion import load_fashion_mnist
+
+ID_DATASETS = ("fashion_mnist",)
+
+
+@dataclass
+class IDData:
+    """Train / validation / test splits of an in-distribution dataset."""
+
+    name: str
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    classes: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train[0].shape[1:])  # type: ignore[return-value]
+
+
+def load_id_data(name: str = "fashion_mnist", data_root: str | None = None, val_size: int = 5000,
+                 train_size: int | None = None, test_size: int | None = None, seed: int = 0) -> IDData:
+    """Load an ID dataset; hold out ``val_size`` training images (seeded) for every selection.
+
+    ``train_size``/``test_size`` take seeded subsets (the rest of the training pool is unused).
+    """
+    if name != "fashion_mnist":
+        raise UserError(f"unknown ID dataset {name!r}; available: {', '.join(ID_DATASETS)}")
+    x, y = load_fashion_mnist(data_root, train=True)
+    xt, yt = load_fashion_mnist(data_root, train=False)
+    if val_size < 0 or val_size >= len(x):
+        raise UserError(f"val_size must be in [0, {len(x)}), got {val_size}")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=g)
+    val_idx, pool = order[:val_size], order[val_size:]
+    if train_size is not None:
+        if not 0 < train_size <= len(pool):
+            raise UserError(f"train_size must be in (0, {len(pool)}], got {train_size}")
+        pool = pool[:train_size]
+    if test_size is not None:
+        if not 0 < test_size <= len(xt):
+            raise UserError(f"test_size must be in (0, {len(xt)}], got {test_size}")
+        test_idx = torch.randperm(len(xt), generator=g)[:test_size]
+        xt, yt = xt[test_idx], yt[test_idx]
+    return IDData(name, (x[pool], y[pool]), (x[val_idx], y[val_idx]), (xt, yt), FASHION_CLASSES)
+
+
+def patch_shuffle(images: torch.Tensor, patch: int = 7, seed: int = 0) -> torch.Tensor:
+    """Synthetic validation OOD: each image's patches shuffled (pixel statistics kept, semantics destroyed).
+
+    Built from held-out ID validation images, so selecting on it never touches an OOD test set.
+    """
+    n, c, h, w = images.shape
+    if h % patch or w % patch:
+        raise UserError(f"patch size {patch} must divide the image size {h}×{w}")
+    g = torch.Generator().manual_seed(seed)
+    gh, gw = h // patch, w // patch
+    tiles = images.reshape(n, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c, patch, patch)
+    perm = torch.argsort(torch.rand(n, gh * gw, generator=g), dim=1)
+    tiles = tiles[torch.arange(n).unsqueeze(1), perm]
+    return tiles.reshape(n, gh, gw, c, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w).contiguous()

@@ -1,0 +1,1 @@
+"""Training-time methods: UM (flooding fine-tune), UMAP (learned mask), outlier exposure."""

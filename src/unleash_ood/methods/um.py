@@ -1,0 +1,108 @@
+"""Unleashing Mask (UM): estimate the loss level ζ of a randomly masked model, then fine-tune
+the original weights with the flooding objective ``|CE − ζ| + ζ`` (Eq. 3, Algorithm 1)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..evaluate import split_batch, to_model_input
+from ..masking import check_keep_ratio, masked, random_layer_masks
+from ..train import OptimConfig, StepLoss, train
+
+
+def flooding_loss(ce: torch.Tensor, zeta: float) -> torch.Tensor:
+    """Eq. 3 on the batch-mean CE: gradient descent above ζ, gradient ascent below it."""
+    return (ce - zeta).abs() + zeta
+
+
+def flooding_step(zeta: float) -> StepLoss:
+    """A step loss for :func:`unleash_ood.train.train`: flooding on the batch-mean CE."""
+
+    def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = split_batch(batch)
+        logits = model(to_model_input(x, model))
+        ce = F.cross_entropy(logits, y.to(logits.device))
+        return flooding_loss(ce, zeta), ce.detach()
+
+    return step
+
+
+@torch.no_grad()
+def mean_cross_entropy(model: nn.Module, batches: Iterable, desc: str | None = None) -> float:
+    """Sample-weighted mean CE over labelled ``batches`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    try:
+        for batch in tqdm(batches, desc=desc, leave=False, disable=desc is None):
+            x, y = split_batch(batch)
+            logits = model(to_model_input(x, model))
+            total += F.cross_entropy(logits.float(), y.to(logits.device), reduction="sum").item()
+            n += len(y)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise UserError("empty training set: cannot estimate the loss level")
+    return total / n
+
+
+@dataclass
+class ZetaEstimate:
+    """ζ over several random mask draws: the values, their mean and standard deviation."""
+
+    keep_ratio: float
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def sd(self) -> float:
+        if len(self.values) < 2:
+            return 0.0
+        m = self.mean
+        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (len(self.values) - 1))
+
+    def as_dict(self) -> dict:
+        return {"keep_ratio": self.keep_ratio, "values": self.values, "mean": self.mean, "sd": self.sd}
+
+
+def estimate_zeta(model: nn.Module, batches: Iterable, keep_ratio: float, draws: int = 3,
+                  seed: int = 0) -> ZetaEstimate:
+    """ζ = mean CE of the randomly masked model m_δ ⊙ f* over the training set (Algorithm 1, lines 1–10).
+
+    One random layer-wise mask per draw (seeds ``seed, seed+1, …``); the model is unchanged afterwards.
+    """
+    check_keep_ratio(keep_ratio)
+    if draws < 1:
+        raise UserError(f"draws must be ≥ 1, got {draws}")
+    estimate = ZetaEstimate(keep_ratio=keep_ratio)
+    for d in range(draws):
+        with masked(model, random_layer_masks(model, keep_ratio, seed + d)):
+            estimate.values.append(mean_cross_entropy(model, batches, desc=f"zeta draw {d + 1}/{draws}"))
+    return estimate
+
+
+def check_zeta(zeta: float) -> float:
+    if not math.isfinite(zeta) or zeta < 0:
+        raise UserError(f"zeta must be a finite number ≥ 0, got {zeta}")
+    return float(zeta)
+
+
+def unleash(model: nn.Module, batches: Iterable, zeta: float, cfg: OptimConfig,
+            on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """UM: fine-tune all weights of ``model`` in place with the flooding objective at level ζ.
+
+    With ζ = 0 this is plain CE fine-tuning with the same schedule (the control).
+    """
+    return train(model, batches, cfg, flooding_step(check_zeta(zeta)), on_epoch_end=on_epoch_end,
+                 desc="UM" if zeta > 0 else "CE fine-tune")

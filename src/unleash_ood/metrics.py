@@ -1,0 +1,61 @@
+"""OOD metrics with in-distribution as the POSITIVE class (the paper's convention), in percent.
+
+Scores follow "higher = more in-distribution". pytorch-ood and OpenOOD treat OOD as positive
+for FPR95, which can give very different numbers on the same scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from .errors import UserError
+
+
+def _labels_scores(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    id_scores, ood_scores = np.asarray(id_scores, np.float64), np.asarray(ood_scores, np.float64)
+    if len(id_scores) == 0 or len(ood_scores) == 0:
+        raise UserError("cannot compute OOD metrics on an empty ID or OOD set")
+    if not (np.isfinite(id_scores).all() and np.isfinite(ood_scores).all()):
+        raise UserError("scores contain NaN or infinity; the model's outputs are not finite")
+    labels = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
+    return labels, np.concatenate([id_scores, ood_scores])
+
+
+def fpr_at_95_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """Fraction of OOD samples accepted at the first threshold that accepts ≥ 95% of ID samples."""
+    labels, scores = _labels_scores(id_scores, ood_scores)
+    fprs, tprs, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return float(fprs[np.searchsorted(tprs, tpr, side="left")])
+
+
+def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
+    """Area under the ROC curve, ID positive."""
+    return float(roc_auc_score(*_labels_scores(id_scores, ood_scores)))
+
+
+def aupr_in(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
+    """Average precision with ID as the positive class (the paper's AUPR)."""
+    return float(average_precision_score(*_labels_scores(id_scores, ood_scores)))
+
+
+def aupr_out(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
+    """Average precision with OOD as the positive class (scores negated)."""
+    labels, scores = _labels_scores(id_scores, ood_scores)
+    return float(average_precision_score(1 - labels, -scores))
+
+
+def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
+    """FPR95, AUROC, AUPR-In and AUPR-Out, all ×100."""
+    return {"fpr95": 100 * fpr_at_95_tpr(id_scores, ood_scores),
+            "auroc": 100 * auroc(id_scores, ood_scores),
+            "aupr_in": 100 * aupr_in(id_scores, ood_scores),
+            "aupr_out": 100 * aupr_out(id_scores, ood_scores)}
+
+
+def accuracy(logits_or_preds: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in percent."""
+    preds = np.asarray(logits_or_preds)
+    if preds.ndim == 2:
+        preds = preds.argmax(1)
+    return 100.0 * float((preds == np.asarray(labels)).mean())
