@@ -1,0 +1,122 @@
+"""Validated, flat configuration objects (pydantic). Unknown keys and bad values fail at load."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .data.ood import BUILTIN_OOD
+from .errors import UserError
+from .scores import ALL_SCORES
+from .train import OptimConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataConfig(_Strict):
+    """ID data, its splits, and the OOD test suite."""
+
+    dataset: str = "fashion_mnist"
+    data_root: str | None = None
+    val_size: int = Field(5000, ge=0)
+    train_size: int | None = Field(12000, gt=0)
+    test_size: int | None = Field(None, gt=0)
+    ood: list[str] = Field(default_factory=lambda: list(BUILTIN_OOD), min_length=1)
+    ood_size: int = Field(2000, ge=1)
+    val_ood_size: int = Field(2000, ge=1)
+    augment: bool = False
+    seed: int = Field(0, ge=0)
+
+
+class ModelConfig(_Strict):
+    arch: str = "small_cnn"
+    kwargs: dict = Field(default_factory=lambda: {"width": 16})
+
+
+class UMConfig(_Strict):
+    """UM: ζ from a random mask keeping ``keep_ratio`` of each layer (aliases: ``mask_ratio``)."""
+
+    keep_ratio: float = Field(0.95, gt=0, le=1, validation_alias=AliasChoices("keep_ratio", "mask_ratio"))
+    zeta: float | None = Field(None, ge=0)
+    zeta_draws: int = Field(3, ge=1)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(epochs=10, lr=0.05, weight_decay=5e-4))
+
+
+class UMAPConfig(_Strict):
+    """UMAP: learned mask keeping ``keep_ratio`` of each layer (aliases: ``prune_rate``, as in the authors' configs)."""
+
+    keep_ratio: float = Field(0.8, gt=0, le=1, validation_alias=AliasChoices("keep_ratio", "prune_rate"))
+    zeta: float | None = Field(None, ge=0)
+    init: str = "kaiming"
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(epochs=10, lr=0.1, weight_decay=0.0))
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v: str) -> str:
+        if v not in ("kaiming", "magnitude"):
+            raise ValueError("must be 'kaiming' or 'magnitude'")
+        return v
+
+
+class DemoConfig(_Strict):
+    """The whole embedded-default pipeline: base training with tracking, UM, control, UMAP, evaluation."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    base: OptimConfig = Field(default_factory=lambda: OptimConfig(epochs=30, lr=0.1, weight_decay=5e-4))
+    eval_every: int = Field(2, ge=1)
+    track_scores: list[str] = Field(default_factory=lambda: ["Energy", "MSP", "MaxLogit"])
+    um: UMConfig = Field(default_factory=UMConfig)
+    umap: UMAPConfig = Field(default_factory=UMAPConfig)
+    control: bool = True
+    scores: list[str] = Field(default_factory=lambda: list(ALL_SCORES))
+    seed: int = Field(0, ge=0)
+
+    @field_validator("scores", "track_scores")
+    @classmethod
+    def _scores(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in ALL_SCORES]
+        if bad:
+            raise ValueError(f"unknown score(s) {bad}; choose from {list(ALL_SCORES)}")
+        return v
+
+
+def quick(cfg: DemoConfig) -> DemoConfig:
+    """A smoke-test variant: small subsets, few epochs."""
+    d = cfg.model_dump()
+    d["data"].update(train_size=2000, test_size=1000, val_size=1000, ood_size=300, val_ood_size=300)
+    d["base"]["epochs"], d["eval_every"] = 3, 1
+    d["um"]["optim"]["epochs"], d["umap"]["optim"]["epochs"], d["um"]["zeta_draws"] = 1, 1, 2
+    return DemoConfig.model_validate(d)
+
+
+def validate(model: type[BaseModel], data: dict) -> BaseModel:
+    """Validate ``data`` as ``model``; errors become one :class:`UserError` naming the offending keys."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors())
+        raise UserError(f"invalid config: {problems}") from None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML scalars/lists) to a nested dict."""
+    import yaml
+
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} must look like key=value (e.g. um.keep_ratio=0.9)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise UserError(f"override {item!r}: cannot parse value ({e})") from None
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return data

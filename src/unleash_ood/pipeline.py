@@ -1,0 +1,337 @@
+"""The embedded-default pipeline as plain library calls: train with once-covered tracking,
+UM, the CE control, UMAP, evaluation and the result files. The CLI is a thin shell over this."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import load_into, load_masks, save_masks, save_model
+from .config import DataConfig, DemoConfig, ModelConfig, UMAPConfig, UMConfig, validate
+from .data import IDData, load_id_data, patch_shuffle
+from .data.ood import load_ood_suite
+from .data.transforms import random_shift_flip
+from .errors import UserError
+from .evaluate import TensorBatches, collect_outputs, evaluate, score_outputs
+from .masking import apply_masks, remove_masks
+from .methods.um import ZetaEstimate, estimate_zeta, unleash
+from .methods.umap import learn_umap_mask
+from .metrics import accuracy, ood_metrics
+from .models import build_model
+from .plots import plot_score_histograms, plot_training_curve
+from .report import flatten_scores, save_results, write_json, write_text
+from .train import NonFiniteLossError, OptimConfig, train
+
+EVAL_BATCH = 512
+MODEL_ORDER = ("base", "um", "ce_finetune", "umap")
+
+
+def say(msg: str) -> None:
+    """A stage message that does not break progress bars."""
+    tqdm.write(msg)
+
+
+@dataclass
+class Prepared:
+    """Everything a run evaluates on: ID splits, OOD test sets, the synthetic validation OOD set."""
+
+    id: IDData
+    ood: dict[str, torch.Tensor]
+    val_ood: torch.Tensor
+
+    def batches(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> TensorBatches:
+        return TensorBatches(images, labels, EVAL_BATCH)
+
+    def train_batches(self, batch_size: int, seed: int, augment: bool) -> TensorBatches:
+        return TensorBatches(*self.id.train, batch_size=batch_size, shuffle=True, seed=seed,
+                             augment=random_shift_flip if augment else None)
+
+    def ood_batches(self) -> dict[str, TensorBatches]:
+        return {name: self.batches(x) for name, x in self.ood.items()}
+
+
+def prepare_data(cfg: DataConfig, ood_specs: list[str] | None = None) -> Prepared:
+    """Load the ID splits and the OOD suite (``ood_specs`` overrides the config's list)."""
+    say(f"loading {cfg.dataset} and OOD sets")
+    data = load_id_data(cfg.dataset, cfg.data_root, cfg.val_size, cfg.train_size, cfg.test_size, cfg.seed)
+    ood = load_ood_suite(ood_specs or cfg.ood, data.image_shape, seed=cfg.seed, n=cfg.ood_size)
+    val_x = data.val[0][: cfg.val_ood_size] if len(data.val[0]) else data.train[0][: cfg.val_ood_size]
+    return Prepared(data, ood, patch_shuffle(val_x, patch=7, seed=cfg.seed))
+
+
+def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """Build the configured model in channels_last (faster convolutions on CPU)."""
+    return build_model(cfg.arch, num_classes, **cfg.kwargs).to(memory_format=torch.channels_last)
+
+
+def model_meta(cfg: DemoConfig | None, model_cfg: ModelConfig, data: IDData, kind: str) -> dict:
+    return {"arch": model_cfg.arch, "model_kwargs": model_cfg.kwargs, "num_classes": data.num_classes,
+            "dataset": data.name, "kind": kind}
+
+
+def track(model: nn.Module, prep: Prepared, scores: list[str]) -> dict:
+    """One epoch's once-covered record: ID test/val accuracy and CE, OOD test and validation-OOD metrics."""
+    test = collect_outputs(model, prep.batches(*prep.id.test))
+    id_scores = score_outputs(test, scores)
+    rec = {"id_acc": accuracy(test.logits.numpy(), test.labels.numpy()),
+           "test_ce": float(F.cross_entropy(test.logits, test.labels)), "ood": {}}
+    for name, x in prep.ood.items():
+        ood_scores = score_outputs(collect_outputs(model, prep.batches(x)), scores)
+        rec["ood"][name] = {s: ood_metrics(id_scores[s], ood_scores[s]) for s in scores}
+    if len(prep.id.val[0]):
+        val = collect_outputs(model, prep.batches(*prep.id.val))
+        val_scores = score_outputs(val, scores)
+        shuffled = score_outputs(collect_outputs(model, prep.batches(prep.val_ood)), scores)
+        rec["val_acc"] = accuracy(val.logits.numpy(), val.labels.numpy())
+        rec["val_ood"] = {s: ood_metrics(val_scores[s], shuffled[s]) for s in scores}
+    return rec
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, eval_every: int,
+               track_scores: list[str], augment: bool, seed: int, model_cfg: ModelConfig) -> list[dict]:
+    """Base training; every ``eval_every`` epochs (and at the end) a tracked record and a checkpoint."""
+    log_path, ckpt_dir = out / "train_log.jsonl", out / "checkpoints"
+    log_path.unlink(missing_ok=True)
+    log: list[dict] = []
+    last_good: list[Path] = []
+    meta = model_meta(None, model_cfg, prep.id, "base")
+
+    def on_epoch_end(epoch: int, record: dict) -> None:
+        if epoch % eval_every and epoch != optim.epochs:
+            return
+        path = save_model(ckpt_dir / f"base_epoch{epoch:03d}.safetensors", model, {**meta, "epoch": epoch})
+        last_good[:] = [path]
+        rec = {**record, **track(model, prep, track_scores), "checkpoint": str(path.relative_to(out))}
+        log.append(rec)
+        append_jsonl(log_path, rec)
+        mean = {s: np.mean([rec["ood"][d][s]["fpr95"] for d in rec["ood"]]) for s in track_scores}
+        say(f"epoch {epoch:3d}  train CE {record['train_ce']:.4f}  test acc {rec['id_acc']:.2f}  "
+            + "  ".join(f"{s} FPR95 {v:.1f}" for s, v in mean.items()))
+
+    try:
+        train(model, prep.train_batches(optim.batch_size, seed, augment), optim, on_epoch_end=on_epoch_end,
+              desc="base")
+    except NonFiniteLossError as e:
+        where = f"last good checkpoint: {last_good[0]}" if last_good else "no checkpoint was written yet"
+        raise NonFiniteLossError(f"{e}; {where}") from None
+    save_model(ckpt_dir / "base.safetensors", model, {**meta, "epoch": optim.epochs})
+    return log
+
+
+def resolve_zeta(model: nn.Module, prep: Prepared, cfg: UMConfig, seed: int) -> ZetaEstimate:
+    """ζ given directly, or estimated over ``zeta_draws`` random masks on the training set."""
+    if cfg.zeta is not None:
+        return ZetaEstimate(keep_ratio=cfg.keep_ratio, values=[cfg.zeta])
+    say(f"estimating zeta: keep ratio {cfg.keep_ratio}, {cfg.zeta_draws} mask draws")
+    return estimate_zeta(model, prep.batches(*prep.id.train), cfg.keep_ratio, cfg.zeta_draws, seed)
+
+
+def run_um(base: nn.Module, prep: Prepared, cfg: UMConfig, zeta: float, seed: int, augment: bool,
+           desc_zeta: float | None = None) -> tuple[nn.Module, list[dict]]:
+    """Fine-tune a copy of ``base`` with flooding at ζ (ζ = 0: the plain-CE control)."""
+    model = copy.deepcopy(base)
+    hist = unleash(model, prep.train_batches(cfg.optim.batch_size, seed + 1, augment), zeta, cfg.optim)
+    return model, hist
+
+
+def run_umap(base: nn.Module, prep: Prepared, cfg: UMAPConfig, zeta: float, seed: int,
+             augment: bool) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Learn the UMAP mask on the frozen ``base``."""
+    return learn_umap_mask(base, prep.train_batches(cfg.optim.batch_size, seed + 2, augment), zeta,
+                           cfg.keep_ratio, cfg.optim, init=cfg.init, seed=seed)
+
+
+def evaluate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prepared, scores: list[str],
+                    ) -> tuple[list[dict], dict[str, np.ndarray], dict[str, dict], dict[str, float]]:
+    """Evaluate each ``name → (model, mask or None)``; a masked model's ID-ACC is the unmasked one's."""
+    records, flat, by_model, masked_acc = [], {}, {}, {}
+    train_b = prep.batches(*prep.id.train)
+    for name, (model, masks) in models.items():
+        say(f"evaluating {name}")
+        if masks is not None:
+            apply_masks(model, masks)
+        try:
+            ev = evaluate(model, prep.batches(*prep.id.test), prep.ood_batches(), scores, train=train_b,
+                          num_classes=prep.id.num_classes)
+        finally:
+            if masks is not None:
+                remove_masks(model)
+        if masks is not None:
+            masked_acc[name] = ev.id_acc
+            test = collect_outputs(model, prep.batches(*prep.id.test))
+            ev.id_acc = accuracy(test.logits.numpy(), test.labels.numpy())
+        records += ev.records(name)
+        flat.update(flatten_scores(name, ev.scores))
+        by_model[name] = ev.scores
+    return records, flat, by_model, masked_acc
+
+
+def best_epochs(log: list[dict], scores: list[str]) -> dict:
+    """Per tracked score: epoch of the best mean FPR95 on the OOD test sets (analysis only) and on the
+    validation OOD set (a legitimate selection), vs the final epoch."""
+    out = {}
+    for s in scores:
+        test = [np.mean([r["ood"][d][s]["fpr95"] for d in r["ood"]]) for r in log]
+        row = {"final_epoch": log[-1]["epoch"], "final_test_fpr95": float(test[-1]),
+               "best_test_epoch": log[int(np.argmin(test))]["epoch"], "best_test_fpr95": float(np.min(test))}
+        if "val_ood" in log[0]:
+            val = [r["val_ood"][s]["fpr95"] for r in log]
+            i = int(np.argmin(val))
+            row.update(best_val_epoch=log[i]["epoch"], test_fpr95_at_best_val=float(test[i]))
+        out[s] = row
+    return out
+
+
+def write_outputs(out: Path, records: list[dict], flat: dict, by_model: dict, notes: str,
+                  title: str) -> None:
+    save_results(out, records, flat, title=title, notes=notes)
+    models = [m for m in MODEL_ORDER if m in by_model]
+    for score in ("Energy", "MSP"):
+        if all(score in by_model[m]["id"] for m in models):
+            plot_score_histograms({m: {d: v[score] for d, v in by_model[m].items()} for m in models}, score,
+                                  out / "plots" / f"score_hist_{score.lower()}.png", models)
+
+
+def run_demo(cfg: DemoConfig, out_dir: str | Path) -> list[dict]:
+    """Train → track → ζ → UM, CE control → UMAP → evaluate all → tables, npz, plots. Returns the records."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    write_json(out / "config.json", cfg.model_dump())
+    prep = prepare_data(cfg.data)
+    model = build(cfg.model, prep.id.num_classes)
+    timings["data"] = time.perf_counter() - t0
+
+    say(f"training {cfg.model.arch} on {len(prep.id.train[0])} images for {cfg.base.epochs} epochs")
+    t = time.perf_counter()
+    log = train_base(model, prep, cfg.base, out, cfg.eval_every, cfg.track_scores, cfg.data.augment, cfg.seed,
+                     cfg.model)
+    timings["train"] = time.perf_counter() - t
+    plot_training_curve(log, out / "plots" / "fpr95_along_training.png", scores=cfg.track_scores[:2])
+
+    t = time.perf_counter()
+    zeta = resolve_zeta(model, prep, cfg.um, cfg.seed)
+    say(f"zeta = {zeta.mean:.4f} ± {zeta.sd:.4f} over {len(zeta.values)} draw(s)")
+    write_json(out / "zeta.json", zeta.as_dict())
+    timings["zeta"] = time.perf_counter() - t
+    meta = model_meta(cfg, cfg.model, prep.id, "")
+
+    t = time.perf_counter()
+    um_model, um_hist = run_um(model, prep, cfg.um, zeta.mean, cfg.seed, cfg.data.augment)
+    save_model(out / "checkpoints" / "um.safetensors", um_model, {**meta, "kind": "um", "zeta": zeta.mean})
+    timings["um"] = time.perf_counter() - t
+    models = {"base": (model, None), "um": (um_model, None)}
+    histories = {"um": um_hist}
+    if cfg.control:
+        t = time.perf_counter()
+        ce_model, ce_hist = run_um(model, prep, cfg.um, 0.0, cfg.seed, cfg.data.augment)
+        save_model(out / "checkpoints" / "ce_finetune.safetensors", ce_model, {**meta, "kind": "ce_finetune"})
+        models["ce_finetune"], histories["ce_finetune"] = (ce_model, None), ce_hist
+        timings["ce_finetune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    umap_zeta = cfg.umap.zeta if cfg.umap.zeta is not None else zeta.mean
+    masks, umap_hist = run_umap(model, prep, cfg.umap, umap_zeta, cfg.seed, cfg.data.augment)
+    save_masks(out / "checkpoints" / "umap_mask.safetensors", masks,
+               {**meta, "kind": "umap_mask", "keep_ratio": cfg.umap.keep_ratio, "zeta": umap_zeta})
+    models["umap"], histories["umap"] = (model, masks), umap_hist
+    timings["umap"] = time.perf_counter() - t
+    write_json(out / "finetune_log.json", histories)
+
+    t = time.perf_counter()
+    records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores)
+    timings["evaluate"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    summary = {"zeta": zeta.as_dict(), "umap_zeta": umap_zeta, "umap_masked_id_acc": masked_acc.get("umap"),
+               "best_epochs": best_epochs(log, cfg.track_scores), "timings_s": timings}
+    write_json(out / "summary.json", summary)
+    notes = demo_notes(cfg, prep, summary)
+    write_outputs(out, records, flat, by_model, notes, title="unleash-ood demo: Fashion-MNIST (ID)")
+    return records
+
+
+def demo_notes(cfg: DemoConfig, prep: Prepared, summary: dict) -> str:
+    z = summary["zeta"]
+    lines = ["## Run", "",
+             f"- ID: {prep.id.name}, {len(prep.id.train[0])} train / {len(prep.id.val[0])} validation / "
+             f"{len(prep.id.test[0])} test images; model {cfg.model.arch} {cfg.model.kwargs}",
+             f"- UM: keep ratio {cfg.um.keep_ratio}, ζ = {z['mean']:.4f} ± {z['sd']:.4f} "
+             f"({len(z['values'])} draw(s)); fine-tune {cfg.um.optim.epochs} epochs, lr {cfg.um.optim.lr}",
+             f"- UMAP: keep ratio {cfg.umap.keep_ratio}, ζ = {summary['umap_zeta']:.4f}, "
+             f"{cfg.umap.optim.epochs} epochs; ID-ACC shown is the deployed (unmasked) model's; "
+             f"accuracy with the mask: {summary['umap_masked_id_acc']:.2f}",
+             "- CE-FT (control): the UM schedule with plain cross-entropy (ζ = 0).", ""]
+    for s, b in summary["best_epochs"].items():
+        lines.append(f"- {s}: mean FPR95 {b['final_test_fpr95']:.2f} at the final epoch {b['final_epoch']}; "
+                     f"best along training {b['best_test_fpr95']:.2f} at epoch {b['best_test_epoch']} (analysis only)"
+                     + (f"; epoch picked on validation OOD: {b['best_val_epoch']} "
+                        f"(test FPR95 {b['test_fpr95_at_best_val']:.2f})" if "best_val_epoch" in b else ""))
+    t = summary["timings_s"]
+    lines += ["", "Wall-clock (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items())]
+    return "\n".join(lines)
+
+
+def load_run_config(run_dir: Path) -> DemoConfig:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a finished run: {path} is missing")
+    try:
+        return validate(DemoConfig, json.loads(path.read_text()))  # type: ignore[return-value]
+    except json.JSONDecodeError as e:
+        raise UserError(f"corrupt run config {path}: {e}") from None
+
+
+def load_checkpoint(path: str | Path, model_cfg: ModelConfig | None = None, num_classes: int | None = None,
+                    ) -> tuple[nn.Module, dict]:
+    """Build the model a checkpoint's metadata names (or ``model_cfg``) and load it strictly."""
+    from .checkpoint import load_tensors
+
+    _, meta = load_tensors(path)
+    arch = model_cfg.arch if model_cfg else meta.get("arch")
+    if arch is None:
+        raise UserError(f"checkpoint {path} has no architecture metadata; pass --model")
+    if model_cfg and meta.get("arch") not in (None, model_cfg.arch):
+        raise UserError(f"checkpoint {path} is a {meta['arch']!r} model, not {model_cfg.arch!r}")
+    ncls = num_classes or meta.get("num_classes")
+    if num_classes and meta.get("num_classes") not in (None, num_classes):
+        raise UserError(f"checkpoint {path} has {meta['num_classes']} classes, the dataset has {num_classes}")
+    kwargs = model_cfg.kwargs if model_cfg else meta.get("model_kwargs", {})
+    model = build(ModelConfig(arch=arch, kwargs=kwargs), ncls)
+    load_into(path, model)
+    return model, meta
+
+
+def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Path | None = None) -> list[dict]:
+    """Evaluate a finished run's models (base, um, ce_finetune, umap) on further OOD sets."""
+    run = Path(run_dir)
+    cfg = load_run_config(run)
+    out = Path(out_dir) if out_dir else run / "eval"
+    prep = prepare_data(cfg.data, ood_specs)
+    ck = run / "checkpoints"
+    models: dict[str, tuple[nn.Module, dict | None]] = {}
+    base, _ = load_checkpoint(ck / "base.safetensors", cfg.model, prep.id.num_classes)
+    models["base"] = (base, None)
+    for name in ("um", "ce_finetune"):
+        if (ck / f"{name}.safetensors").is_file():
+            models[name] = (load_checkpoint(ck / f"{name}.safetensors", cfg.model, prep.id.num_classes)[0], None)
+    if (ck / "umap_mask.safetensors").is_file():
+        models["umap"] = (base, load_masks(ck / "umap_mask.safetensors")[0])
+    records, flat, by_model, _ = evaluate_models(models, prep, cfg.scores)
+    write_outputs(out, records, flat, by_model, f"Models of run {run}.", title="unleash-ood eval")
+    return records
