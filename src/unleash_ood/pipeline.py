@@ -73,7 +73,7 @@ def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return build_model(cfg.arch, num_classes, **cfg.kwargs).to(memory_format=torch.channels_last)
 
 
-def model_meta(cfg: DemoConfig | None, model_cfg: ModelConfig, data: IDData, kind: str) -> dict:
+def model_meta(model_cfg: ModelConfig, data: IDData, kind: str) -> dict:
     return {"arch": model_cfg.arch, "model_kwargs": model_cfg.kwargs, "num_classes": data.num_classes,
             "dataset": data.name, "kind": kind}
 
@@ -108,7 +108,7 @@ def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, 
     log_path.unlink(missing_ok=True)
     log: list[dict] = []
     last_good: list[Path] = []
-    meta = model_meta(None, model_cfg, prep.id, "base")
+    meta = model_meta(model_cfg, prep.id, "base")
 
     def on_epoch_end(epoch: int, record: dict) -> None:
         if epoch % eval_every and epoch != optim.epochs:
@@ -140,8 +140,8 @@ def resolve_zeta(model: nn.Module, prep: Prepared, cfg: UMConfig, seed: int) -> 
     return estimate_zeta(model, prep.batches(*prep.id.train), cfg.keep_ratio, cfg.zeta_draws, seed)
 
 
-def run_um(base: nn.Module, prep: Prepared, cfg: UMConfig, zeta: float, seed: int, augment: bool,
-           desc_zeta: float | None = None) -> tuple[nn.Module, list[dict]]:
+def run_um(base: nn.Module, prep: Prepared, cfg: UMConfig, zeta: float, seed: int,
+           augment: bool) -> tuple[nn.Module, list[dict]]:
     """Fine-tune a copy of ``base`` with flooding at ζ (ζ = 0: the plain-CE control)."""
     model = copy.deepcopy(base)
     hist = unleash(model, prep.train_batches(cfg.optim.batch_size, seed + 1, augment), zeta, cfg.optim)
@@ -206,78 +206,112 @@ def write_outputs(out: Path, records: list[dict], flat: dict, by_model: dict, no
                                   out / "plots" / f"score_hist_{score.lower()}.png", models)
 
 
-def run_demo(cfg: DemoConfig, out_dir: str | Path) -> list[dict]:
-    """Train → track → ζ → UM, CE control → UMAP → evaluate all → tables, npz, plots. Returns the records."""
+STAGES = ("train", "um", "control", "umap")
+
+
+def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = STAGES,
+                 init_checkpoint: str | Path | None = None) -> list[dict]:
+    """Run ``stages`` (train → ζ → UM, CE control → UMAP), then evaluate every model and write the results.
+
+    Without ``train``, the base model comes from ``init_checkpoint`` (copied into the run directory, so
+    ``eval --run`` works on any run). Returns the metric records.
+    """
+    unknown = set(stages) - set(STAGES)
+    if unknown or not stages:
+        raise UserError(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
+    if "train" not in stages and init_checkpoint is None:
+        raise UserError("without the train stage a base checkpoint is needed (--checkpoint)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    write_json(out / "config.json", cfg.model_dump())
     prep = prepare_data(cfg.data)
-    model = build(cfg.model, prep.id.num_classes)
+    if init_checkpoint is not None:
+        model, model_cfg = load_checkpoint(init_checkpoint, prep.id.num_classes, fallback=cfg.model)
+        cfg = cfg.model_copy(update={"model": model_cfg})
+    else:
+        model = build(cfg.model, prep.id.num_classes)
+    meta = model_meta(cfg.model, prep.id, "base")
+    write_json(out / "config.json", cfg.model_dump())
     timings["data"] = time.perf_counter() - t0
+    summary: dict = {"stages": list(stages), "init_checkpoint": str(init_checkpoint) if init_checkpoint else None}
 
-    say(f"training {cfg.model.arch} on {len(prep.id.train[0])} images for {cfg.base.epochs} epochs")
-    t = time.perf_counter()
-    log = train_base(model, prep, cfg.base, out, cfg.eval_every, cfg.track_scores, cfg.data.augment, cfg.seed,
-                     cfg.model)
-    timings["train"] = time.perf_counter() - t
-    plot_training_curve(log, out / "plots" / "fpr95_along_training.png", scores=cfg.track_scores[:2])
-
-    t = time.perf_counter()
-    zeta = resolve_zeta(model, prep, cfg.um, cfg.seed)
-    say(f"zeta = {zeta.mean:.4f} ± {zeta.sd:.4f} over {len(zeta.values)} draw(s)")
-    write_json(out / "zeta.json", zeta.as_dict())
-    timings["zeta"] = time.perf_counter() - t
-    meta = model_meta(cfg, cfg.model, prep.id, "")
-
-    t = time.perf_counter()
-    um_model, um_hist = run_um(model, prep, cfg.um, zeta.mean, cfg.seed, cfg.data.augment)
-    save_model(out / "checkpoints" / "um.safetensors", um_model, {**meta, "kind": "um", "zeta": zeta.mean})
-    timings["um"] = time.perf_counter() - t
-    models = {"base": (model, None), "um": (um_model, None)}
-    histories = {"um": um_hist}
-    if cfg.control:
+    if "train" in stages:
+        say(f"training {cfg.model.arch} on {len(prep.id.train[0])} images for {cfg.base.epochs} epochs")
         t = time.perf_counter()
-        ce_model, ce_hist = run_um(model, prep, cfg.um, 0.0, cfg.seed, cfg.data.augment)
-        save_model(out / "checkpoints" / "ce_finetune.safetensors", ce_model, {**meta, "kind": "ce_finetune"})
-        models["ce_finetune"], histories["ce_finetune"] = (ce_model, None), ce_hist
-        timings["ce_finetune"] = time.perf_counter() - t
+        log = train_base(model, prep, cfg.base, out, cfg.eval_every, cfg.track_scores, cfg.data.augment,
+                         cfg.seed, cfg.model)
+        timings["train"] = time.perf_counter() - t
+        plot_training_curve(log, out / "plots" / "fpr95_along_training.png", scores=cfg.track_scores[:2])
+        summary["best_epochs"] = best_epochs(log, cfg.track_scores)
+    else:
+        save_model(out / "checkpoints" / "base.safetensors", model, meta)
 
-    t = time.perf_counter()
-    umap_zeta = cfg.umap.zeta if cfg.umap.zeta is not None else zeta.mean
-    masks, umap_hist = run_umap(model, prep, cfg.umap, umap_zeta, cfg.seed, cfg.data.augment)
-    save_masks(out / "checkpoints" / "umap_mask.safetensors", masks,
-               {**meta, "kind": "umap_mask", "keep_ratio": cfg.umap.keep_ratio, "zeta": umap_zeta})
-    models["umap"], histories["umap"] = (model, masks), umap_hist
-    timings["umap"] = time.perf_counter() - t
-    write_json(out / "finetune_log.json", histories)
+    models: dict[str, tuple[nn.Module, dict | None]] = {"base": (model, None)}
+    histories: dict[str, list[dict]] = {}
+    if {"um", "control", "umap"} & set(stages):
+        t = time.perf_counter()
+        zeta = resolve_zeta(model, prep, cfg.um, cfg.seed)
+        say(f"zeta = {zeta.mean:.4f} ± {zeta.sd:.4f} over {len(zeta.values)} draw(s)")
+        write_json(out / "zeta.json", zeta.as_dict())
+        summary["zeta"] = zeta.as_dict()
+        timings["zeta"] = time.perf_counter() - t
+    for name, stage_zeta in (("um", "um"), ("ce_finetune", "control")):
+        if stage_zeta in stages:
+            t = time.perf_counter()
+            z = zeta.mean if name == "um" else 0.0
+            tuned, histories[name] = run_um(model, prep, cfg.um, z, cfg.seed, cfg.data.augment)
+            save_model(out / "checkpoints" / f"{name}.safetensors", tuned, {**meta, "kind": name, "zeta": z})
+            models[name] = (tuned, None)
+            timings[name] = time.perf_counter() - t
+    if "umap" in stages:
+        t = time.perf_counter()
+        umap_zeta = cfg.umap.zeta if cfg.umap.zeta is not None else zeta.mean
+        masks, histories["umap"] = run_umap(model, prep, cfg.umap, umap_zeta, cfg.seed, cfg.data.augment)
+        save_masks(out / "checkpoints" / "umap_mask.safetensors", masks,
+                   {**meta, "kind": "umap_mask", "keep_ratio": cfg.umap.keep_ratio, "zeta": umap_zeta})
+        models["umap"] = (model, masks)
+        summary["umap_zeta"] = umap_zeta
+        timings["umap"] = time.perf_counter() - t
+    if histories:
+        write_json(out / "finetune_log.json", histories)
 
     t = time.perf_counter()
     records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    summary = {"zeta": zeta.as_dict(), "umap_zeta": umap_zeta, "umap_masked_id_acc": masked_acc.get("umap"),
-               "best_epochs": best_epochs(log, cfg.track_scores), "timings_s": timings}
+    summary.update(umap_masked_id_acc=masked_acc.get("umap"), timings_s=timings)
     write_json(out / "summary.json", summary)
-    notes = demo_notes(cfg, prep, summary)
-    write_outputs(out, records, flat, by_model, notes, title="unleash-ood demo: Fashion-MNIST (ID)")
+    write_outputs(out, records, flat, by_model, run_notes(cfg, prep, summary),
+                  title=f"unleash-ood: {prep.id.name} (ID)")
     return records
 
 
-def demo_notes(cfg: DemoConfig, prep: Prepared, summary: dict) -> str:
-    z = summary["zeta"]
+def run_demo(cfg: DemoConfig, out_dir: str | Path) -> list[dict]:
+    """The main job: every stage on the embedded default."""
+    return run_pipeline(cfg, out_dir, STAGES if cfg.control else ("train", "um", "umap"))
+
+
+def run_notes(cfg: DemoConfig, prep: Prepared, summary: dict) -> str:
+    """The 'Run' section of results.md: data, ζ, UMAP accuracy with the mask, best epochs, timings."""
     lines = ["## Run", "",
              f"- ID: {prep.id.name}, {len(prep.id.train[0])} train / {len(prep.id.val[0])} validation / "
-             f"{len(prep.id.test[0])} test images; model {cfg.model.arch} {cfg.model.kwargs}",
-             f"- UM: keep ratio {cfg.um.keep_ratio}, ζ = {z['mean']:.4f} ± {z['sd']:.4f} "
-             f"({len(z['values'])} draw(s)); fine-tune {cfg.um.optim.epochs} epochs, lr {cfg.um.optim.lr}",
-             f"- UMAP: keep ratio {cfg.umap.keep_ratio}, ζ = {summary['umap_zeta']:.4f}, "
-             f"{cfg.umap.optim.epochs} epochs; ID-ACC shown is the deployed (unmasked) model's; "
-             f"accuracy with the mask: {summary['umap_masked_id_acc']:.2f}",
-             "- CE-FT (control): the UM schedule with plain cross-entropy (ζ = 0).", ""]
-    for s, b in summary["best_epochs"].items():
+             f"{len(prep.id.test[0])} test images; model {cfg.model.arch} {cfg.model.kwargs}"]
+    if summary.get("init_checkpoint"):
+        lines.append(f"- base model from {summary['init_checkpoint']}")
+    if "zeta" in summary:
+        z = summary["zeta"]
+        lines.append(f"- UM: keep ratio {cfg.um.keep_ratio}, ζ = {z['mean']:.4f} ± {z['sd']:.4f} "
+                     f"({len(z['values'])} draw(s)); fine-tune {cfg.um.optim.epochs} epochs, lr {cfg.um.optim.lr}")
+    if "umap_zeta" in summary:
+        lines.append(f"- UMAP: keep ratio {cfg.umap.keep_ratio}, ζ = {summary['umap_zeta']:.4f}, "
+                     f"{cfg.umap.optim.epochs} epochs; ID-ACC shown is the deployed (unmasked) model's; "
+                     f"accuracy with the mask: {summary['umap_masked_id_acc']:.2f}")
+    if "control" in summary["stages"]:
+        lines.append("- CE-FT (control): the UM schedule with plain cross-entropy (ζ = 0).")
+    lines.append("")
+    for s, b in summary.get("best_epochs", {}).items():
         lines.append(f"- {s}: mean FPR95 {b['final_test_fpr95']:.2f} at the final epoch {b['final_epoch']}; "
                      f"best along training {b['best_test_fpr95']:.2f} at epoch {b['best_test_epoch']} (analysis only)"
                      + (f"; epoch picked on validation OOD: {b['best_val_epoch']} "
@@ -297,24 +331,23 @@ def load_run_config(run_dir: Path) -> DemoConfig:
         raise UserError(f"corrupt run config {path}: {e}") from None
 
 
-def load_checkpoint(path: str | Path, model_cfg: ModelConfig | None = None, num_classes: int | None = None,
-                    ) -> tuple[nn.Module, dict]:
-    """Build the model a checkpoint's metadata names (or ``model_cfg``) and load it strictly."""
+def load_checkpoint(path: str | Path, num_classes: int | None = None,
+                    fallback: ModelConfig | None = None) -> tuple[nn.Module, ModelConfig]:
+    """Build the model a checkpoint's metadata names (``fallback`` for a bare state_dict) and load it strictly."""
     from .checkpoint import load_tensors
 
     _, meta = load_tensors(path)
-    arch = model_cfg.arch if model_cfg else meta.get("arch")
-    if arch is None:
-        raise UserError(f"checkpoint {path} has no architecture metadata; pass --model")
-    if model_cfg and meta.get("arch") not in (None, model_cfg.arch):
-        raise UserError(f"checkpoint {path} is a {meta['arch']!r} model, not {model_cfg.arch!r}")
-    ncls = num_classes or meta.get("num_classes")
+    if "arch" in meta:
+        model_cfg = ModelConfig(arch=meta["arch"], kwargs=meta.get("model_kwargs", {}))
+    elif fallback is not None:
+        model_cfg = fallback
+    else:
+        raise UserError(f"checkpoint {path} has no architecture metadata; say which model it is (model.arch=...)")
     if num_classes and meta.get("num_classes") not in (None, num_classes):
         raise UserError(f"checkpoint {path} has {meta['num_classes']} classes, the dataset has {num_classes}")
-    kwargs = model_cfg.kwargs if model_cfg else meta.get("model_kwargs", {})
-    model = build(ModelConfig(arch=arch, kwargs=kwargs), ncls)
+    model = build(model_cfg, num_classes or meta.get("num_classes"))
     load_into(path, model)
-    return model, meta
+    return model, model_cfg
 
 
 def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Path | None = None) -> list[dict]:
@@ -325,11 +358,11 @@ def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Pa
     prep = prepare_data(cfg.data, ood_specs)
     ck = run / "checkpoints"
     models: dict[str, tuple[nn.Module, dict | None]] = {}
-    base, _ = load_checkpoint(ck / "base.safetensors", cfg.model, prep.id.num_classes)
+    base, _ = load_checkpoint(ck / "base.safetensors", prep.id.num_classes, cfg.model)
     models["base"] = (base, None)
     for name in ("um", "ce_finetune"):
         if (ck / f"{name}.safetensors").is_file():
-            models[name] = (load_checkpoint(ck / f"{name}.safetensors", cfg.model, prep.id.num_classes)[0], None)
+            models[name] = (load_checkpoint(ck / f"{name}.safetensors", prep.id.num_classes, cfg.model)[0], None)
     if (ck / "umap_mask.safetensors").is_file():
         models["umap"] = (base, load_masks(ck / "umap_mask.safetensors")[0])
     records, flat, by_model, _ = evaluate_models(models, prep, cfg.scores)
