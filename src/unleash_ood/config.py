@@ -19,6 +19,7 @@ class DataConfig(_Strict):
 
     dataset: str = "fashion_mnist"
     data_root: str | None = None
+    download: bool = True
     val_size: int = Field(5000, ge=0)
     train_size: int | None = Field(12000, gt=0)
     test_size: int | None = Field(None, gt=0)

@@ -62,7 +62,8 @@ class Prepared:
 def prepare_data(cfg: DataConfig, ood_specs: list[str] | None = None) -> Prepared:
     """Load the ID splits and the OOD suite (``ood_specs`` overrides the config's list)."""
     say(f"loading {cfg.dataset} and OOD sets")
-    data = load_id_data(cfg.dataset, cfg.data_root, cfg.val_size, cfg.train_size, cfg.test_size, cfg.seed)
+    data = load_id_data(cfg.dataset, cfg.data_root, cfg.val_size, cfg.train_size, cfg.test_size, cfg.seed,
+                        cfg.download)
     ood = load_ood_suite(ood_specs or cfg.ood, data.image_shape, seed=cfg.seed, n=cfg.ood_size)
     val_x = data.val[0][: cfg.val_ood_size] if len(data.val[0]) else data.train[0][: cfg.val_ood_size]
     return Prepared(data, ood, patch_shuffle(val_x, patch=7, seed=cfg.seed))

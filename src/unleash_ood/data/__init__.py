@@ -33,15 +33,16 @@ class IDData:
 
 
 def load_id_data(name: str = "fashion_mnist", data_root: str | None = None, val_size: int = 5000,
-                 train_size: int | None = None, test_size: int | None = None, seed: int = 0) -> IDData:
+                 train_size: int | None = None, test_size: int | None = None, seed: int = 0,
+                 download: bool = True) -> IDData:
     """Load an ID dataset; hold out ``val_size`` training images (seeded) for every selection.
 
     ``train_size``/``test_size`` take seeded subsets (the rest of the training pool is unused).
     """
     if name != "fashion_mnist":
         raise UserError(f"unknown ID dataset {name!r}; available: {', '.join(ID_DATASETS)}")
-    x, y = load_fashion_mnist(data_root, train=True)
-    xt, yt = load_fashion_mnist(data_root, train=False)
+    x, y = load_fashion_mnist(data_root, train=True, download=download)
+    xt, yt = load_fashion_mnist(data_root, train=False, download=download)
     if val_size < 0 or val_size >= len(x):
         raise UserError(f"val_size must be in [0, {len(x)}), got {val_size}")
     g = torch.Generator().manual_seed(seed)

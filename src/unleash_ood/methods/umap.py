@@ -30,10 +30,10 @@ def learn_umap_mask(model: nn.Module, batches: Iterable, zeta: float, keep_ratio
     check_keep_ratio(keep_ratio)
     zeta = check_zeta(zeta)
     trainable = {p: p.requires_grad for p in model.parameters()}
-    for p in trainable:
-        p.requires_grad_(False)
-    scores = add_popup_masks(model, keep_ratio, init=init, seed=seed)
     try:
+        for p in trainable:
+            p.requires_grad_(False)
+        scores = add_popup_masks(model, keep_ratio, init=init, seed=seed)
         history = train(model, batches, cfg, flooding_step(zeta), params=scores, train_mode=frozen_eval_mode,
                         on_epoch_end=on_epoch_end, desc="UMAP")
         masks = popup_binary_masks(model)

@@ -1,0 +1,167 @@
+"""Table 1's lower half as library calls: OE, Energy (w. D_aux) and POEM fine-tuned from a given base,
+each alone, +UM and +UMAP, evaluated next to the base with every score."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import save_masks, save_model, save_tensors
+from .config import DemoConfig
+from .data.ood import AUX_MIX, AUX_PICTURES, load_auxiliary_pool
+from .data.transforms import random_shift_flip
+from .errors import UserError
+from .methods.outlier_training import METHODS, WITHS, check_method, finetune_with_outliers, run_name
+from .pipeline import evaluate_models, load_checkpoint, model_meta, prepare_data, resolve_zeta, say, write_outputs
+from .report import write_json
+from .train import OptimConfig
+
+OUTLIER_ID_SEED_OFFSET = 3  # ID batch order: seed + 3 (base training uses seed, UM seed + 1, UMAP seed + 2)
+OUTLIER_LABELS = {"oe": "OE", "energy": "Energy (w. D_aux)", "poem": "POEM"}
+WITH_LABELS = {"none": "", "um": "+UM", "umap": "+UMAP"}
+
+
+def _check_lists(methods: Sequence[str], withs: Sequence[str]) -> tuple[list[str], list[str]]:
+    methods, withs = list(dict.fromkeys(methods)), list(dict.fromkeys(withs))
+    if not methods or not withs:
+        raise UserError(f"choose at least one method ({', '.join(METHODS)}) and one variant ({', '.join(WITHS)})")
+    for m in methods:
+        for w in withs:
+            check_method(m, w)
+    return methods, withs
+
+
+def outlier_optim(cfg: DemoConfig, with_: str, epochs: int, lr: float, umap_lr: float | None) -> OptimConfig:
+    """Full fine-tuning: the UM optimizer settings with ``epochs``/``lr`` (paper: 10, 0.01, cosine).
+    +UMAP: the UMAP mask optimizer (lr ``umap_lr`` or ``umap.optim.lr``, its weight decay) for ``epochs``."""
+    if with_ == "umap":
+        return cfg.umap.optim.model_copy(update={"epochs": epochs, "lr": umap_lr or cfg.umap.optim.lr})
+    return cfg.um.optim.model_copy(update={"epochs": epochs, "lr": lr})
+
+
+def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: str | Path,
+                        methods: Sequence[str] = METHODS, withs: Sequence[str] = WITHS, aux_size: int = 5000,
+                        aux_batch_size: int | None = None, epochs: int = 10, lr: float = 0.01,
+                        umap_lr: float | None = None, lam: float = 0.5, energy_weight: float = 0.1,
+                        m_in: float = -25.0, m_out: float = -7.0, poem: dict | None = None) -> list[dict]:
+    """Fine-tune copies of the base at ``base_checkpoint`` with auxiliary outliers for every
+    (method, variant), evaluate them next to the base, write the run directory; return the records.
+
+    The auxiliary pool is ``load_auxiliary_pool(image_shape, aux_size, cfg.data.seed)`` (disjoint from
+    every built-in OOD test set). ζ is estimated once (``um`` settings) when a +UM/+UMAP variant runs;
+    +UMAP uses ``umap.zeta`` when set, like the main pipeline. Records carry ``aux``: whether the
+    model saw auxiliary data (False for the base).
+    """
+    methods, withs = _check_lists(methods, withs)
+    if aux_size < 1:
+        raise UserError(f"aux_size must be ≥ 1, got {aux_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    prep = prepare_data(cfg.data)
+    base, model_cfg = load_checkpoint(base_checkpoint, prep.id.num_classes, fallback=cfg.model)
+    cfg = cfg.model_copy(update={"model": model_cfg})
+    meta = model_meta(cfg.model, prep.id, "base")
+    write_json(out / "config.json", cfg.model_dump())
+    save_model(out / "checkpoints" / "base.safetensors", base, meta)
+    say(f"auxiliary pool: {aux_size} images (seed {cfg.data.seed})")
+    aux = load_auxiliary_pool(prep.id.image_shape, n=aux_size, seed=cfg.data.seed)
+    timings["data"] = time.perf_counter() - t0
+
+    summary: dict = {"base_checkpoint": str(base_checkpoint), "methods": methods, "withs": withs,
+                     "aux_pool": {"source": "load_auxiliary_pool", "size": aux_size, "seed": cfg.data.seed,
+                                  "mix": AUX_MIX, "pictures": AUX_PICTURES},
+                     "settings": {"epochs": epochs, "lr": lr, "umap_lr": umap_lr or cfg.umap.optim.lr,
+                                  "aux_batch_size": aux_batch_size or cfg.um.optim.batch_size,
+                                  "id_batch_size": cfg.um.optim.batch_size, "lam": lam,
+                                  "energy_weight": energy_weight, "m_in": m_in, "m_out": m_out,
+                                  "umap_keep_ratio": cfg.umap.keep_ratio, "poem": poem or {}}}
+    zeta = umap_zeta = None
+    if {"um", "umap"} & set(withs):
+        t = time.perf_counter()
+        estimate = resolve_zeta(base, prep, cfg.um, cfg.seed)
+        zeta = estimate.mean
+        umap_zeta = cfg.umap.zeta if cfg.umap.zeta is not None else zeta
+        say(f"zeta = {estimate.mean:.4f} ± {estimate.sd:.4f} over {len(estimate.values)} draw(s)")
+        write_json(out / "zeta.json", estimate.as_dict())
+        summary.update(zeta=estimate.as_dict(), umap_zeta=umap_zeta)
+        timings["zeta"] = time.perf_counter() - t
+
+    models: dict[str, tuple[nn.Module, dict | None]] = {"base": (base, None)}
+    logs: dict[str, dict] = {}
+    for method in methods:
+        for with_ in withs:
+            name = run_name(method, with_)
+            z = {"none": None, "um": zeta, "umap": umap_zeta}[with_]
+            say(f"{name}: {OUTLIER_LABELS[method]}{WITH_LABELS[with_]}" + (f", zeta {z:.4f}" if z is not None else ""))
+            t = time.perf_counter()
+            model = copy.deepcopy(base)
+            batches = prep.train_batches(cfg.um.optim.batch_size, cfg.seed + OUTLIER_ID_SEED_OFFSET,
+                                         cfg.data.augment)
+            result = finetune_with_outliers(
+                model, batches, aux, method, with_, z, outlier_optim(cfg, with_, epochs, lr, umap_lr),
+                keep_ratio=cfg.umap.keep_ratio, aux_batch_size=aux_batch_size, poem=poem, seed=cfg.seed,
+                lam=lam, energy_weight=energy_weight, m_in=m_in, m_out=m_out, init=cfg.umap.init,
+                aux_augment=random_shift_flip if cfg.data.augment else None)
+            run_meta = {**meta, "kind": name, "method": method, "with": with_, "zeta": z,
+                        "aux_size": aux_size, "aux_seed": cfg.data.seed}
+            ck = out / "checkpoints"
+            if result["masks"] is not None:
+                save_masks(ck / f"{name}_mask.safetensors", result["masks"],
+                           {**run_meta, "kind": f"{name}_mask", "keep_ratio": cfg.umap.keep_ratio})
+            else:
+                save_model(ck / f"{name}.safetensors", model, run_meta)
+            if result["selected"] is not None:
+                save_tensors(ck / f"{name}_selected.safetensors",
+                             {f"epoch{e:03d}": idx for e, idx in enumerate(result["selected"], 1)},
+                             {"kind": f"{name}_selected", "aux_size": aux_size, "aux_seed": cfg.data.seed})
+            models[name] = (model, result["masks"])
+            info = {k: v for k, v in result["aux"].items() if k != "indices"}
+            info["num_indices_used"] = len(result["aux"]["indices"])
+            logs[name] = {"zeta": z, "history": result["history"], "aux": info}
+            timings[name] = time.perf_counter() - t
+            say(f"{name}: {timings[name]:.0f} s, final train CE {result['history'][-1]['train_ce']:.4f}")
+    write_json(out / "outlier_log.json", logs)
+
+    t = time.perf_counter()
+    records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores)
+    timings["evaluate"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    for r in records:
+        r["aux"] = r["model"] != "base"
+    summary.update(masked_id_acc=masked_acc, timings_s=timings)
+    write_json(out / "summary.json", summary)
+    write_outputs(out, records, flat, by_model, outlier_notes(cfg, prep, summary),
+                  title=f"unleash-ood: {prep.id.name} (ID), fine-tuning with auxiliary outliers")
+    return records
+
+
+
+def outlier_notes(cfg: DemoConfig, prep, summary: dict) -> str:
+    """The 'Run' section of results.md for an outlier run."""
+    s, pool = summary["settings"], summary["aux_pool"]
+    lines = ["## Run", "",
+             f"- ID: {prep.id.name}, {len(prep.id.train[0])} train / {len(prep.id.test[0])} test images; "
+             f"model {cfg.model.arch} {cfg.model.kwargs}; base from {summary['base_checkpoint']}",
+             f"- Auxiliary outliers (D_aux): {pool['size']} images from the built-in pool (seed {pool['seed']}; "
+             "picture crops, blobs, shapes, noise), disjoint from every built-in OOD test set; "
+             f"{s['aux_batch_size']} per ID batch of {s['id_batch_size']}.",
+             f"- Fine-tuning: {s['epochs']} epochs, lr {s['lr']} (masks for +UMAP: lr {s['umap_lr']}, keep ratio "
+             f"{s['umap_keep_ratio']}), cosine; OE λ = {s['lam']}; energy weight {s['energy_weight']}, "
+             f"m_in = {s['m_in']}, m_out = {s['m_out']}; POEM re-selects its outliers every epoch."]
+    if "zeta" in summary:
+        z = summary["zeta"]
+        lines.append(f"- +UM: ζ = {z['mean']:.4f} ± {z['sd']:.4f} (keep ratio {z['keep_ratio']}); "
+                     f"+UMAP: ζ = {summary['umap_zeta']:.4f}. A +UMAP model's ID-ACC is the deployed (unmasked) "
+                     "model's; with the mask: "
+                     + (", ".join(f"{k} {v:.2f}" for k, v in summary["masked_id_acc"].items()) or "—"))
+    t = summary["timings_s"]
+    lines += ["", "Wall-clock (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items())]
+    return "\n".join(lines)

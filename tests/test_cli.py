@@ -1,0 +1,147 @@
+"""End-to-end CLI tests: `demo --quick`, `eval --run`, `um`/`umap` on a checkpoint, and error paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unleash_ood.checkpoint import load_masks, load_tensors, save_model
+from unleash_ood.cli import main
+from unleash_ood.data import fashion
+from unleash_ood.metrics import ood_metrics
+from unleash_ood.models import build_model
+
+SMALL = ["data.train_size=600", "data.test_size=300", "data.val_size=300", "data.ood_size=150",
+         "data.val_ood_size=150", "data.ood=[digits, uniform]", "base.epochs=2", "um.optim.epochs=1",
+         "umap.optim.epochs=1", "um.zeta_draws=2", "model.kwargs={width: 8}"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_demo_quick_writes_every_result(demo_run: Path) -> None:
+    records = json.loads((demo_run / "results.json").read_text())
+    assert {r["model"] for r in records} == {"base", "um", "ce_finetune", "umap"}
+    assert {"MSP", "ODIN", "Mahalanobis", "Energy", "MaxLogit"} <= {r["score"] for r in records}
+    keys = {"model", "score", "ood", "fpr95", "auroc", "aupr_in", "aupr_out", "id_acc"}
+    assert all(keys <= set(r) for r in records)
+    assert any(r["ood"] == "mean" for r in records)
+    # anyone can recompute the metrics from the per-sample scores
+    scores = np.load(demo_run / "scores.npz")
+    row = next(r for r in records if r["model"] == "um" and r["score"] == "Energy" and r["ood"] == "digits")
+    again = ood_metrics(scores["um/Energy/id"], scores["um/Energy/digits"])
+    assert again["fpr95"] == pytest.approx(row["fpr95"]) and again["auroc"] == pytest.approx(row["auroc"])
+    # UMAP's deployed classifier is the base model: identical ID accuracy
+    acc = {r["model"]: r["id_acc"] for r in records}
+    assert acc["umap"] == acc["base"]
+    for name in ("results.csv", "results.md", "train_log.jsonl", "summary.json", "zeta.json",
+                 "plots/fpr95_along_training.png", "plots/score_hist_energy.png", "plots/score_hist_msp.png",
+                 "checkpoints/base.safetensors", "checkpoints/um.safetensors", "checkpoints/umap_mask.safetensors"):
+        assert (demo_run / name).is_file(), name
+    assert (demo_run / "plots/fpr95_along_training.png").read_bytes()[:4] == b"\x89PNG"
+    log = [json.loads(line) for line in (demo_run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3] and "digits" in log[0]["ood"] and "val_ood" in log[0]
+    zeta = json.loads((demo_run / "zeta.json").read_text())
+    assert len(zeta["values"]) == 2 and zeta["mean"] == pytest.approx(np.mean(zeta["values"]))
+    masks, meta = load_masks(demo_run / "checkpoints/umap_mask.safetensors")
+    assert meta["keep_ratio"] == 0.8
+    assert all(abs(m.float().mean().item() - 0.8) < 0.01 for m in masks.values())
+    assert "Mean over 5 OOD sets" in (demo_run / "results.md").read_text()
+
+
+def test_eval_run_on_a_user_npz(demo_run: Path, tmp_path: Path) -> None:
+    npz = tmp_path / "blobs.npz"
+    np.savez(npz, images=np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))
+    out = tmp_path / "ev"
+    assert main(["eval", "--run", str(demo_run), "--ood", f"npz:{npz}", "digits", "--out", str(out)]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert {r["ood"] for r in records} == {"blobs", "digits", "mean"}
+    assert {r["model"] for r in records} == {"base", "um", "ce_finetune", "umap"}
+    assert np.load(out / "scores.npz")["umap/Energy/blobs"].shape == (64,)
+
+
+def test_um_and_umap_commands_on_a_checkpoint(demo_run: Path, tmp_path: Path) -> None:
+    ckpt = demo_run / "checkpoints/base.safetensors"
+    out = tmp_path / "um"
+    assert main(["um", "--checkpoint", str(ckpt), "--out", str(out), *SMALL[:6], "um.zeta=0.2",
+                 "um.optim.epochs=1"]) == 0
+    models = {r["model"] for r in json.loads((out / "results.json").read_text())}
+    assert models == {"base", "um", "ce_finetune"}
+    assert json.loads((out / "zeta.json").read_text())["values"] == [0.2]
+    out2 = tmp_path / "umap"
+    assert main(["umap", "--checkpoint", str(ckpt), "--out", str(out2), *SMALL[:6], "umap.prune_rate=0.9",
+                 "umap.optim.epochs=1", "um.zeta_draws=1"]) == 0
+    masks, _ = load_masks(out2 / "checkpoints/umap_mask.safetensors")
+    assert all(abs(m.float().mean().item() - 0.9) < 0.01 for m in masks.values())
+    # the copied base is the given checkpoint, bit for bit
+    a, _ = load_tensors(ckpt)
+    b, _ = load_tensors(out2 / "checkpoints/base.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _fails(capsys, argv: list[str], *needles: str) -> str:
+    assert main(argv) == 2
+    full = capsys.readouterr().err
+    err = full.strip().split("\r")[-1].splitlines()[-1]  # the last line, after any progress bar
+    assert err.startswith("unleash-ood: error:") and "Traceback" not in full
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_invalid_config_values(capsys, tmp_path: Path) -> None:
+    _fails(capsys, ["demo", "--out", str(tmp_path / "a"), "um.keep_ratio=1.5"], "um.keep_ratio")
+    _fails(capsys, ["demo", "--out", str(tmp_path / "b"), "umap.keep_ratio=0"], "umap.keep_ratio")
+    _fails(capsys, ["demo", "--out", str(tmp_path / "c"), "bogus.key=1"], "bogus")
+    _fails(capsys, ["demo", "--out", str(tmp_path / "d"), "noequals"], "key=value")
+    _fails(capsys, ["demo", "--out", str(tmp_path / "e"), "scores=[MSP, Foo]"], "Foo")
+    assert not (tmp_path / "a" / "results.json").exists()
+
+
+def test_missing_dataset(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(fashion, "DEBIAN_DIR", tmp_path / "nowhere")
+    _fails(capsys, ["demo", "--quick", "--out", str(tmp_path / "o"), "--data-root", str(tmp_path / "empty"),
+                    "data.download=false"], "apt-get install dataset-fashion-mnist", "--data-root")
+
+
+def test_bad_checkpoints(capsys, tmp_path: Path) -> None:
+    _fails(capsys, ["um", "--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "o")],
+           "not found")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00garbage" * 50)
+    _fails(capsys, ["umap", "--checkpoint", str(corrupt), "--out", str(tmp_path / "o")], str(corrupt))
+    five = tmp_path / "five.safetensors"
+    save_model(five, build_model("small_cnn", 5, width=8), {"arch": "small_cnn", "model_kwargs": {"width": 8},
+                                                            "num_classes": 5})
+    _fails(capsys, ["um", "--checkpoint", str(five), "--out", str(tmp_path / "o"), *SMALL], "5 classes")
+    other = tmp_path / "other.safetensors"
+    save_model(other, build_model("small_cnn", 10, width=8), {})  # bare state_dict, claimed to be width 16
+    _fails(capsys, ["um", "--checkpoint", str(other), "--out", str(tmp_path / "o"), *SMALL[:6]],
+           "does not fit this model")
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_bad_ood_sets(capsys, tmp_path: Path, demo_run: Path) -> None:
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, images=np.zeros((0, 28, 28), dtype=np.uint8))
+    _fails(capsys, ["eval", "--run", str(demo_run), "--ood", f"npz:{empty}", "--out", str(tmp_path / "x")],
+           str(empty))
+    _fails(capsys, ["eval", "--run", str(tmp_path), "--ood", "digits"], "not a finished run")
+    _fails(capsys, ["eval", "--run", str(demo_run), "--ood", "cifar99", "--out", str(tmp_path / "x")], "cifar99")
+    assert not (tmp_path / "x" / "results.json").exists()
+
+
+def test_nan_loss_stops_with_a_clear_message(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "nan"
+    err = _fails(capsys, ["train", "--out", str(out), *SMALL, "base.lr=1e30", "base.epochs=3", "eval_every=1"],
+                 "loss became")
+    assert "checkpoint" in err
+    assert not (out / "results.json").exists()

@@ -1,0 +1,208 @@
+"""OOD scores by hand, ODIN, Mahalanobis against numpy, and the evaluation pass."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unleash_ood.errors import UserError
+from unleash_ood.evaluate import TensorBatches, collect_outputs, evaluate, odin_scores
+from unleash_ood.scores import Mahalanobis, energy_score, max_logit_score, msp_score, odin_score
+
+E = math.e
+LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [-1.0, 4.0, 0.5]], dtype=torch.float64)
+
+
+def test_msp_by_hand() -> None:
+    expected = [E**3 / (E + E**2 + E**3), 1 / 3, E**4 / (E**-1 + E**4 + E**0.5)]
+    assert msp_score(LOGITS).tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_max_logit_by_hand() -> None:
+    assert max_logit_score(LOGITS).tolist() == [3.0, 0.0, 4.0]
+
+
+def test_energy_by_hand() -> None:
+    expected = [math.log(E**1 + E**2 + E**3), math.log(3.0), math.log(E**-1 + E**4 + E**0.5)]
+    assert energy_score(LOGITS).tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_energy_with_temperature() -> None:
+    # T · log Σ exp(z / T), T = 2: 2 · log(e^0.5 + e^1 + e^1.5)
+    expected0 = 2 * math.log(E**0.5 + E**1 + E**1.5)
+    assert energy_score(LOGITS, temperature=2.0)[0].item() == pytest.approx(expected0, rel=1e-12)
+    # large T: T·log C + mean(z); small T: max(z)
+    assert energy_score(LOGITS, 1e-3)[0].item() == pytest.approx(3.0, abs=1e-6)
+    assert energy_score(LOGITS, 1e4)[0].item() == pytest.approx(1e4 * math.log(3) + 2.0, abs=1e-3)
+
+
+def test_scores_higher_for_peaked_logits() -> None:
+    peaked = torch.tensor([[10.0, 0.0, 0.0]])
+    flat = torch.tensor([[0.1, 0.0, 0.0]])
+    for fn in (msp_score, max_logit_score, energy_score):
+        assert fn(peaked).item() > fn(flat).item()
+
+
+# ------------------------------------------------------------------------------------ ODIN
+
+def test_odin_epsilon_zero_is_tempered_msp(trained_cnn, fmnist_small) -> None:
+    x = fmnist_small[2][:64]
+    for temperature in (1.0, 1000.0):
+        got = odin_score(trained_cnn, x, temperature=temperature, epsilon=0.0)
+        with torch.no_grad():
+            expected = (trained_cnn(x) / temperature).softmax(1).amax(1)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_odin_perturbation_raises_id_scores(trained_cnn, fmnist_small) -> None:
+    x = fmnist_small[2][:128]
+    base = odin_score(trained_cnn, x, temperature=1000.0, epsilon=0.0)
+    perturbed = odin_score(trained_cnn, x, temperature=1000.0, epsilon=0.0014)
+    assert perturbed.mean() > base.mean()
+    assert (perturbed >= base - 1e-7).float().mean() > 0.8
+    # a larger step (still small) moves further
+    further = odin_score(trained_cnn, x, temperature=1000.0, epsilon=0.005)
+    assert further.mean() > perturbed.mean()
+
+
+def test_odin_scores_over_batches_restore_mode(trained_cnn, fmnist_small) -> None:
+    x = fmnist_small[2][:100]
+    trained_cnn.train()
+    got = odin_scores(trained_cnn, TensorBatches(x, batch_size=33), epsilon=0.001)
+    assert trained_cnn.training
+    trained_cnn.eval()
+    expected = odin_score(trained_cnn, x, epsilon=0.001).numpy()
+    assert got.shape == (100,)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------ Mahalanobis
+
+def _clusters(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0.0, 0.0, 0.0, 0.0], [6.0, 0.0, 1.0, 0.0], [0.0, 6.0, 0.0, -2.0]])
+    a = rng.normal(size=(4, 4))
+    cov = a @ a.T / 4 + 0.2 * np.eye(4)
+    labels = np.repeat(np.arange(3), [60, 80, 100])
+    feats = centers[labels] + rng.multivariate_normal(np.zeros(4), cov, size=len(labels))
+    return feats, labels
+
+
+def test_mahalanobis_fit_and_score_by_hand() -> None:
+    feats, labels = _clusters()
+    maha = Mahalanobis.fit(torch.tensor(feats, dtype=torch.float32), torch.tensor(labels), 3)
+    means = np.stack([feats[labels == c].mean(0) for c in range(3)])
+    np.testing.assert_allclose(maha.means.numpy(), means, rtol=1e-5, atol=1e-5)
+    centered = feats - means[labels]
+    precision = np.linalg.pinv(centered.T @ centered / len(feats))
+    np.testing.assert_allclose(maha.precision.numpy(), precision, rtol=1e-4, atol=1e-4)
+
+    queries = np.random.default_rng(1).normal(2.0, 4.0, size=(50, 4))
+    diffs = queries[:, None, :] - means[None]
+    dist = np.einsum("ncd,de,nce->nc", diffs, precision, diffs)
+    expected = -dist.min(1)
+    got = maha(torch.tensor(queries, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_mahalanobis_near_means_score_higher() -> None:
+    feats, labels = _clusters()
+    maha = Mahalanobis.fit(torch.tensor(feats), torch.tensor(labels), 3)
+    near = maha.means + 0.01
+    far = maha.means + 25.0
+    near_s, far_s = maha(near), maha(far)
+    assert (near_s > -0.1).all()
+    assert near_s.min() > far_s.max()
+    # exactly at a class mean the distance is zero
+    torch.testing.assert_close(maha(maha.means), torch.zeros(3), atol=1e-4, rtol=0)
+
+
+def test_mahalanobis_needs_all_classes() -> None:
+    feats, labels = _clusters()
+    with pytest.raises(UserError, match="all 4 classes"):
+        Mahalanobis.fit(torch.tensor(feats), torch.tensor(labels), 4)
+
+
+# ------------------------------------------------------------------------------------ evaluation pass
+
+def test_collect_outputs_features_are_classifier_input(trained_cnn, fmnist_small) -> None:
+    x, y = fmnist_small[2][:100], fmnist_small[3][:100]
+    trained_cnn.train()  # collect_outputs must use eval mode and restore the mode
+    out = collect_outputs(trained_cnn, TensorBatches(x, y, batch_size=30))
+    assert trained_cnn.training
+    trained_cnn.eval()
+    with torch.no_grad():
+        feats = trained_cnn.features(trained_cnn.normalize(x))
+        logits = trained_cnn.fc(feats)
+    assert out.features.shape == (100, 32)
+    torch.testing.assert_close(out.features, feats, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.logits, logits, rtol=1e-5, atol=1e-6)
+    assert torch.equal(out.labels, y)
+    # unlabelled batches work too
+    assert collect_outputs(trained_cnn, TensorBatches(x, batch_size=64)).labels is None
+
+
+def test_collect_outputs_empty() -> None:
+    from conftest import small_cnn
+
+    with pytest.raises(UserError, match="empty"):
+        collect_outputs(small_cnn(), [])
+
+
+def test_evaluate_arrays_accuracy_and_mean_row(trained_cnn, fmnist_small) -> None:
+    x_train, y_train, x_test, y_test = fmnist_small
+    g = torch.Generator().manual_seed(0)
+    ood_sets = {
+        "noise": TensorBatches(torch.rand(70, 1, 28, 28, generator=g), batch_size=32),
+        "flipped": TensorBatches(x_test[:90].flip(-2), batch_size=32),
+    }
+    id_test = TensorBatches(x_test[:150], y_test[:150], batch_size=64)
+    ev = evaluate(trained_cnn, id_test, ood_sets, train=TensorBatches(x_train, y_train, batch_size=128),
+                  num_classes=10, odin_epsilon=0.001)
+    assert list(ev.scores) == ["id", "noise", "flipped"]
+    sizes = {"id": 150, "noise": 70, "flipped": 90}
+    for ds, by_score in ev.scores.items():
+        assert list(by_score) == ["MSP", "ODIN", "Mahalanobis", "Energy", "MaxLogit"]
+        for name, arr in by_score.items():
+            assert arr.shape == (sizes[ds],), (ds, name)
+            assert np.isfinite(arr).all()
+    with torch.no_grad():
+        logits = trained_cnn(x_test[:150])
+    manual_acc = 100.0 * float((logits.argmax(1) == y_test[:150]).float().mean())
+    assert ev.id_acc == pytest.approx(manual_acc)
+    assert ev.id_acc > 50  # 2 epochs on 512 images: well above chance (10%)
+    np.testing.assert_allclose(ev.scores["id"]["MSP"], logits.softmax(1).amax(1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ev.scores["id"]["Energy"], torch.logsumexp(logits, 1).numpy(), rtol=1e-5)
+
+    rows = ev.records("cnn")
+    assert len(rows) == 5 * 3
+    keys = ("fpr95", "auroc", "aupr_in", "aupr_out")
+    for score in ev.scores["id"]:
+        per_set = [r for r in rows if r["score"] == score and r["ood"] != "mean"]
+        (mean,) = [r for r in rows if r["score"] == score and r["ood"] == "mean"]
+        assert {r["ood"] for r in per_set} == {"noise", "flipped"}
+        for k in keys:
+            assert mean[k] == pytest.approx((per_set[0][k] + per_set[1][k]) / 2, abs=1e-12)
+        assert mean["id_acc"] == ev.id_acc and mean["model"] == "cnn"
+    # per-set rows are the metrics of the stored scores
+    from unleash_ood.metrics import auroc
+
+    row = next(r for r in rows if r["score"] == "MSP" and r["ood"] == "noise")
+    assert row["auroc"] == pytest.approx(100 * auroc(ev.scores["id"]["MSP"], ev.scores["noise"]["MSP"]))
+
+
+def test_evaluate_subset_and_errors(trained_cnn, fmnist_small) -> None:
+    x_test, y_test = fmnist_small[2][:40], fmnist_small[3][:40]
+    ev = evaluate(trained_cnn, TensorBatches(x_test, y_test), {"o": TensorBatches(x_test.flip(-1))},
+                  scores=["Energy", "MSP"])
+    assert list(ev.scores["id"]) == ["Energy", "MSP"]
+    with pytest.raises(UserError, match="unknown score"):
+        evaluate(trained_cnn, TensorBatches(x_test, y_test), {}, scores=["Bogus"])
+    with pytest.raises(UserError, match="Mahalanobis"):
+        evaluate(trained_cnn, TensorBatches(x_test, y_test), {}, scores=["Mahalanobis"])
+    with pytest.raises(UserError, match="labels"):
+        evaluate(trained_cnn, TensorBatches(x_test), {}, scores=["MSP"])

@@ -1,0 +1,236 @@
+"""UM: flooding loss, the loss level ζ of a randomly masked model, fine-tuning, and NaN handling."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_state_equal, state_copy
+from unleash_ood.errors import UserError
+from unleash_ood.evaluate import TensorBatches, split_batch
+from unleash_ood.masking import maskable_layers, random_layer_masks
+from unleash_ood.methods.um import estimate_zeta, flooding_loss, flooding_step, mean_cross_entropy, unleash
+from unleash_ood.train import NonFiniteLossError, OptimConfig, ce_step, train
+
+
+# ------------------------------------------------------------------------------------ flooding
+
+@pytest.mark.parametrize("ce_value, zeta, expected_loss, expected_grad", [
+    (0.9, 0.3, 0.9, 1.0),    # above ζ: the loss is the CE itself, gradient descent
+    (0.1, 0.3, 0.5, -1.0),   # below ζ: 2ζ − CE, gradient ascent
+    (2.0, 1.2, 2.0, 1.0),
+    (0.05, 1.2, 2.35, -1.0),
+    (0.7, 0.0, 0.7, 1.0),    # ζ = 0: plain CE
+])
+def test_flooding_loss_value_and_gradient(ce_value, zeta, expected_loss, expected_grad) -> None:
+    ce = torch.tensor(ce_value, dtype=torch.float64, requires_grad=True)
+    loss = flooding_loss(ce, zeta)
+    assert loss.item() == pytest.approx(expected_loss, abs=1e-12)
+    (grad,) = torch.autograd.grad(loss, ce)
+    assert grad.item() == expected_grad
+
+
+def test_flooding_loss_never_below_zeta() -> None:
+    ce = torch.linspace(0, 3, 31)
+    assert (flooding_loss(ce, 1.0) >= 1.0).all()
+
+
+def test_flooding_step_on_batch(trained_cnn, fmnist_small) -> None:
+    x, y = fmnist_small[0][:64], fmnist_small[1][:64]
+    trained_cnn.eval()
+    with torch.no_grad():
+        ce = F.cross_entropy(trained_cnn(x), y).item()
+    loss, logged = flooding_step(ce + 0.5)(trained_cnn, (x, y))
+    assert logged.item() == pytest.approx(ce, rel=1e-5)
+    assert loss.item() == pytest.approx(ce + 1.0, rel=1e-5)
+    assert loss.requires_grad and not logged.requires_grad
+
+
+# ------------------------------------------------------------------------------------ ζ
+
+def _hand_masked_ce(model, x, y, keep_ratio: float, seed: int, batch_size: int) -> float:
+    """Mean CE of W ⊙ m over all samples, the masked weights written into a deep copy, eval mode."""
+    masks = random_layer_masks(model, keep_ratio, seed)
+    clone = copy.deepcopy(model).eval()
+    layers = maskable_layers(clone)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            layers[name].weight.mul_(mask)
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            total += F.cross_entropy(clone(xb), yb, reduction="sum").item()
+    return total / len(x)
+
+
+def test_estimate_zeta_one_draw_by_hand(trained_cnn, fmnist_small) -> None:
+    x, y = fmnist_small[0][:256], fmnist_small[1][:256]
+    batches = TensorBatches(x, y, batch_size=100)  # 100 + 100 + 56: uneven batches
+    reference = state_copy(trained_cnn)
+    trained_cnn.train()  # ζ is computed in eval mode regardless; the mode comes back
+    est = estimate_zeta(trained_cnn, batches, keep_ratio=0.9, draws=1, seed=7)
+    assert trained_cnn.training
+    trained_cnn.eval()
+    expected = _hand_masked_ce(trained_cnn, x, y, 0.9, 7, 100)
+    assert est.values == [pytest.approx(expected, rel=1e-6)]
+    assert est.mean == pytest.approx(expected, rel=1e-6) and est.sd == 0.0
+    assert est.keep_ratio == 0.9
+    # sample weighting matters here: the mean of the three batch means is a different number
+    with torch.no_grad():
+        clone = copy.deepcopy(trained_cnn)
+        for name, mask in random_layer_masks(trained_cnn, 0.9, 7).items():
+            maskable_layers(clone)[name].weight.mul_(mask)
+        batch_means = [F.cross_entropy(clone(xb), yb).item() for xb, yb in batches]
+    assert abs(sum(batch_means) / 3 - expected) > 1e-4
+    # masking hurts: ζ is above the unmasked CE
+    assert expected > mean_cross_entropy(trained_cnn, batches)
+    # the model is unchanged
+    assert_state_equal(trained_cnn, reference)
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in trained_cnn.modules())
+
+
+def test_estimate_zeta_three_draws(trained_cnn, fmnist_small) -> None:
+    x, y = fmnist_small[0][:200], fmnist_small[1][:200]
+    reference = state_copy(trained_cnn)
+    est = estimate_zeta(trained_cnn, TensorBatches(x, y, batch_size=64), keep_ratio=0.8, draws=3, seed=2)
+    expected = [_hand_masked_ce(trained_cnn, x, y, 0.8, s, 64) for s in (2, 3, 4)]
+    assert est.values == pytest.approx(expected, rel=1e-6)
+    assert len(set(est.values)) == 3
+    assert est.mean == pytest.approx(statistics.mean(expected), rel=1e-6)
+    assert est.sd == pytest.approx(statistics.stdev(expected), rel=1e-4)
+    d = est.as_dict()
+    assert d["values"] == est.values and d["mean"] == est.mean and d["sd"] == est.sd
+    assert_state_equal(trained_cnn, reference)
+
+
+def test_estimate_zeta_full_keep_is_plain_ce(trained_cnn, fmnist_small) -> None:
+    batches = TensorBatches(fmnist_small[0][:128], fmnist_small[1][:128], batch_size=50)
+    est = estimate_zeta(trained_cnn, batches, keep_ratio=1.0, draws=1)
+    assert est.values[0] == pytest.approx(mean_cross_entropy(trained_cnn, batches), rel=1e-6)
+
+
+@pytest.mark.parametrize("keep_ratio", [0.0, -0.5, 1.01])
+def test_estimate_zeta_invalid_keep_ratio(trained_cnn, fmnist_small, keep_ratio) -> None:
+    batches = TensorBatches(fmnist_small[0][:32], fmnist_small[1][:32])
+    with pytest.raises(UserError):
+        estimate_zeta(trained_cnn, batches, keep_ratio)
+
+
+def test_estimate_zeta_invalid_draws_and_empty(trained_cnn, fmnist_small) -> None:
+    batches = TensorBatches(fmnist_small[0][:32], fmnist_small[1][:32])
+    with pytest.raises(UserError, match="draws"):
+        estimate_zeta(trained_cnn, batches, 0.9, draws=0)
+    with pytest.raises(UserError, match="empty"):
+        estimate_zeta(trained_cnn, [], 0.9, draws=1)
+    # the failed estimate left no mask behind
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in trained_cnn.modules())
+
+
+# ------------------------------------------------------------------------------------ UM fine-tuning
+
+def test_unleash_zeta_above_loss_ascends_zero_descends(trained_cnn, fmnist_small) -> None:
+    x, y = fmnist_small[0], fmnist_small[1]
+    batches = TensorBatches(x, y, batch_size=32, shuffle=True, seed=0)
+    eval_batches = TensorBatches(x, y, batch_size=256)
+    cfg = OptimConfig(epochs=2, lr=0.05, batch_size=32, weight_decay=0.0)
+    start = mean_cross_entropy(trained_cnn, eval_batches)
+
+    ascend = copy.deepcopy(trained_cnn)
+    hist_up = unleash(ascend, batches, zeta=start + 1.5, cfg=cfg)
+    up = mean_cross_entropy(ascend, eval_batches)
+
+    descend = copy.deepcopy(trained_cnn)
+    hist_down = unleash(descend, TensorBatches(x, y, batch_size=32, shuffle=True, seed=0), zeta=0.0, cfg=cfg)
+    down = mean_cross_entropy(descend, eval_batches)
+
+    assert up > start + 0.1, (start, up)
+    assert down < start - 0.05, (start, down)
+    assert len(hist_up) == len(hist_down) == 2
+    # the logged train CE follows the same directions; the objective is never below ζ
+    assert hist_up[-1]["train_ce"] > hist_up[0]["train_ce"]
+    assert hist_down[-1]["train_ce"] < hist_down[0]["train_ce"]
+    assert all(h["loss"] >= start + 1.5 - 1e-6 for h in hist_up)
+    # ζ = 0 is plain CE: loss == train_ce
+    assert all(h["loss"] == pytest.approx(h["train_ce"], rel=1e-6) for h in hist_down)
+
+
+@pytest.mark.parametrize("zeta", [-0.1, float("nan"), float("inf")])
+def test_unleash_invalid_zeta(trained_cnn, fmnist_small, zeta) -> None:
+    reference = state_copy(trained_cnn)
+    with pytest.raises(UserError, match="zeta"):
+        unleash(trained_cnn, TensorBatches(fmnist_small[0][:64], fmnist_small[1][:64]), zeta,
+                OptimConfig(epochs=1, lr=0.05))
+    assert_state_equal(trained_cnn, reference)
+
+
+# ------------------------------------------------------------------------------------ NaN guard
+
+class _Stop(Exception):
+    pass
+
+
+def _step_until(n_ok: int, then):
+    """A step loss: plain CE for ``n_ok`` steps, then ``then(model, batch)``."""
+    calls = {"n": 0}
+
+    def step(model, batch):
+        calls["n"] += 1
+        if calls["n"] > n_ok:
+            return then(model, batch)
+        return ce_step(model, batch)
+
+    return step
+
+
+def _nan_loss(model, batch):
+    x, _ = split_batch(batch)
+    out = model(x).sum() * float("nan")
+    return out, out.detach()
+
+
+def _params(model):
+    return {k: p.detach().clone() for k, p in model.named_parameters()}
+
+
+def test_train_raises_on_nan_loss_before_updating(trained_cnn, fmnist_small) -> None:
+    batches = TensorBatches(fmnist_small[0][:256], fmnist_small[1][:256], batch_size=64)
+    cfg = OptimConfig(epochs=1, lr=0.1)
+    before = _params(trained_cnn)
+    with pytest.raises(NonFiniteLossError, match="nan") as info:
+        train(trained_cnn, batches, cfg, step_loss=_step_until(0, _nan_loss))
+    assert isinstance(info.value, UserError)
+    after = _params(trained_cnn)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_train_nan_mid_epoch_is_not_applied(trained_cnn, fmnist_small) -> None:
+    """NaN at step 3: the parameters equal those after exactly the first two (good) steps."""
+    batches = TensorBatches(fmnist_small[0][:256], fmnist_small[1][:256], batch_size=64)
+    cfg = OptimConfig(epochs=1, lr=0.1)
+    a, b = copy.deepcopy(trained_cnn), copy.deepcopy(trained_cnn)
+    with pytest.raises(NonFiniteLossError, match="step 2"):
+        train(a, batches, cfg, step_loss=_step_until(2, _nan_loss))
+
+    def stop(model, batch):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        train(b, batches, cfg, step_loss=_step_until(2, stop))
+    pa, pb, p0 = _params(a), _params(b), _params(trained_cnn)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert any(not torch.equal(pa[k], p0[k]) for k in pa)  # the two good steps did train
+
+
+def test_train_raises_on_infinite_loss(trained_cnn, fmnist_small) -> None:
+    def inf_loss(model, batch):
+        x, _ = split_batch(batch)
+        out = model(x).sum() * 0 + float("inf")
+        return out, out.detach()
+
+    with pytest.raises(NonFiniteLossError, match="inf"):
+        train(trained_cnn, TensorBatches(fmnist_small[0][:64], fmnist_small[1][:64]), OptimConfig(epochs=1),
+              step_loss=inf_loss)
