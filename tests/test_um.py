@@ -234,3 +234,13 @@ def test_train_raises_on_infinite_loss(trained_cnn, fmnist_small) -> None:
     with pytest.raises(NonFiniteLossError, match="inf"):
         train(trained_cnn, TensorBatches(fmnist_small[0][:64], fmnist_small[1][:64]), OptimConfig(epochs=1),
               step_loss=inf_loss)
+
+
+def test_lr_schedules_follow_appendix_e() -> None:
+    from unleash_ood.train import lr_factor
+
+    assert lr_factor("cosine", 0.0) == 1.0 and abs(lr_factor("cosine", 0.5) - 0.5) < 1e-12
+    assert lr_factor("linear", 0.2) == 1.0
+    assert abs(lr_factor("linear", 2 / 3 - 1e-9) - 0.1) < 1e-6 and abs(lr_factor("linear", 1 - 1e-9) - 0.01) < 1e-6
+    assert abs(lr_factor("multi_decay", 0.15) - 0.9) < 1e-12 and abs(lr_factor("multi_decay", 0.95) - 0.1) < 1e-12
+    assert lr_factor("multi_step", 0.29) == 1.0 and abs(lr_factor("multi_step", 0.65) - 0.01) < 1e-12

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ StepLoss = Callable[[nn.Module, object], tuple[torch.Tensor, torch.Tensor]]
 
 
 class OptimConfig(BaseModel):
-    """SGD with Nesterov momentum and a per-step cosine schedule."""
+    """SGD with Nesterov momentum and a per-step learning-rate schedule."""
 
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(30, ge=1)
@@ -29,6 +30,29 @@ class OptimConfig(BaseModel):
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: int = Field(128, ge=1)
+    schedule: Literal["cosine", "linear", "multi_decay", "multi_step", "constant"] = "cosine"
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` ∈ [0, 1) of training (the four schedules of Appendix E).
+
+    cosine: Loshchilov & Hutter; linear: constant for the first third, linearly to 0.1 over the second,
+    to 0.01 over the last; multi_decay: minus 10% of the initial rate every 10% of training;
+    multi_step: ×0.1 every 30% of training.
+    """
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        if progress < 1 / 3:
+            return 1.0
+        if progress < 2 / 3:
+            return 1.0 - 0.9 * (3 * progress - 1)
+        return 0.1 - 0.09 * (3 * progress - 2)
+    if schedule == "multi_decay":
+        return max(1.0 - 0.1 * math.floor(10 * progress), 0.01)
+    if schedule == "multi_step":
+        return 0.1 ** math.floor(progress / 0.3)
+    return 1.0
 
 
 class NonFiniteLossError(UserError):
@@ -44,13 +68,14 @@ def ce_step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, steps_per_epoch: int):
-    """SGD + cosine annealing to zero over all steps."""
+    """SGD + the configured schedule, stepped once per optimizer step."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise UserError("nothing to train: no parameter requires grad")
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                           weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
+    total = max(1, cfg.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(cfg.schedule, min(step / total, 1.0)))
     return opt, sched
 
 
