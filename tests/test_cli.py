@@ -55,6 +55,9 @@ def test_demo_quick_writes_every_result(demo_run: Path) -> None:
     assert meta["keep_ratio"] == 0.8
     assert all(abs(m.float().mean().item() - 0.8) < 0.01 for m in masks.values())
     assert "Mean over 5 OOD sets" in (demo_run / "results.md").read_text()
+    validation = json.loads((demo_run / "summary.json").read_text())["validation"]
+    assert set(validation) == {"base", "um", "ce_finetune", "umap"}
+    assert 0 <= validation["umap"]["Energy"]["fpr95"] <= 100 and validation["umap"]["val_acc"] > 0
 
 
 def test_eval_run_on_a_user_npz(demo_run: Path, tmp_path: Path) -> None:
@@ -145,3 +148,20 @@ def test_nan_loss_stops_with_a_clear_message(capsys, tmp_path: Path) -> None:
                  "loss became")
     assert "checkpoint" in err
     assert not (out / "results.json").exists()
+
+
+def test_oe_command_and_eval_of_an_outlier_run(demo_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "oe"
+    assert main(["oe", "--checkpoint", str(demo_run / "checkpoints/base.safetensors"), "--out", str(out),
+                 *SMALL[:6], "outliers.epochs=1", "outliers.aux_size=300", "um.zeta_draws=1",
+                 "--method", "oe", "energy", "--with", "none", "umap"]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in records} == {"base", "oe", "oe_umap", "energy", "energy_umap"}
+    assert all(r["aux"] == (r["model"] != "base") for r in records)
+    table = (out / "results.md").read_text()
+    assert "OE+UMAP (Energy)" in table and "Energy (w. D_aux) (MSP)" in table and "w. D_aux" in table
+    assert "aux" in (out / "results.csv").read_text().splitlines()[0]
+    ev = main(["eval", "--run", str(out), "--ood", "uniform", "--out", str(tmp_path / "ev")])
+    assert ev == 0
+    again = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert {r["model"] for r in again} == {"base", "oe", "oe_umap", "energy", "energy_umap"}

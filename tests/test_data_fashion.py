@@ -192,7 +192,7 @@ def test_load_id_data_validates_sizes(synthetic_root: Path, kwargs) -> None:
 
 def test_load_id_data_unknown_name() -> None:
     with pytest.raises(UserError, match="unknown ID dataset"):
-        load_id_data("cifar10")
+        load_id_data("imagenet")
 
 
 # ------------------------------------------------------------------------------ patch shuffle

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_paper import add_paper_parsers
 from .config import DemoConfig, apply_overrides, quick, validate
 from .errors import UserError
 
@@ -36,6 +37,10 @@ def _config(args: argparse.Namespace) -> DemoConfig:
 
 
 def _print_table(out: Path) -> None:
+    from .runtime import is_primary
+
+    if not is_primary():  # under torchrun only rank 0 writes and prints
+        return
     text = (out / "results.md").read_text()
     section = text.split("## Mean over", 1)[1].split("\n## ", 1)[0]
     print("\n## Mean over" + section.rstrip())
@@ -43,9 +48,23 @@ def _print_table(out: Path) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from .outlier_pipeline import demo_with_outliers
     from .pipeline import run_demo
 
-    run_demo(_config(args), args.out)
+    if args.with_outliers:
+        demo_with_outliers(_config(args), args.out)
+    else:
+        run_demo(_config(args), args.out, resume=args.resume)
+    _print_table(Path(args.out))
+
+
+def cmd_oe(args: argparse.Namespace) -> None:
+    from .outlier_pipeline import run_outliers
+
+    cfg = _config(args)
+    chosen = {k: v for k, v in (("methods", args.method), ("withs", args.with_)) if v}
+    cfg = validate(DemoConfig, {**cfg.model_dump(), "outliers": {**cfg.outliers.model_dump(), **chosen}})
+    run_outliers(cfg, args.out, args.checkpoint)  # type: ignore[arg-type]
     _print_table(Path(args.out))
 
 
@@ -53,7 +72,8 @@ def _stage_command(stages: tuple[str, ...]):
     def run(args: argparse.Namespace) -> None:
         from .pipeline import run_pipeline
 
-        run_pipeline(_config(args), args.out, stages, init_checkpoint=getattr(args, "checkpoint", None))
+        run_pipeline(_config(args), args.out, stages, init_checkpoint=getattr(args, "checkpoint", None),
+                     resume=args.resume)
         _print_table(Path(args.out))
     return run
 
@@ -80,11 +100,25 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", help="YAML/JSON config file (keys as in `unleash-ood config`)")
         sp.add_argument("--data-root", help="folder with the Fashion-MNIST files (else Debian's, else download)")
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        sp.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out from checkpoints/last_state.pt (same config)")
 
     d = sub.add_parser("demo", help="the whole pipeline on the embedded default", epilog=EPILOG)
     common(d, "runs/demo")
     d.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
+    d.add_argument("--with-outliers", action="store_true",
+                   help="also fine-tune with auxiliary outliers (OE, Energy, POEM; alone, +UM, +UMAP)")
     d.set_defaults(func=cmd_demo)
+
+    o = sub.add_parser("oe", help="fine-tune a checkpoint with auxiliary outliers (OE, Energy, POEM)",
+                       epilog=EPILOG)
+    common(o, None)
+    o.add_argument("--checkpoint", required=True, help="base model (.safetensors)")
+    o.add_argument("--method", nargs="+", choices=["oe", "energy", "poem"], help="default: all three")
+    o.add_argument("--with", dest="with_", nargs="+", choices=["none", "um", "umap"],
+                   help="combine with UM's flooding or UMAP's mask (default: none um umap)")
+    o.add_argument("--quick", action="store_true")
+    o.set_defaults(func=cmd_oe)
 
     t = sub.add_parser("train", help="train a base model with once-covered tracking", epilog=EPILOG)
     common(t, None)
@@ -111,6 +145,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--quick", action="store_true")
     c.add_argument("overrides", nargs="*", metavar="key=value")
     c.set_defaults(func=cmd_config)
+    add_paper_parsers(sub)
+    from .reproduce import add_reproduce_parser  # matplotlib and the pipeline: imported only here
+
+    add_reproduce_parser(sub)
     return p
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .data.ood import BUILTIN_OOD
@@ -60,6 +62,53 @@ class UMAPConfig(_Strict):
         return v
 
 
+class RuntimeConfig(_Strict):
+    """Where and how to compute (never what): device ``auto`` (CUDA if available) / ``cpu`` / ``cuda``;
+    ``amp`` ``auto`` (bf16 autocast on a CUDA GPU that supports it, off on CPU) / ``bf16`` / ``off``;
+    ``compile``: ``torch.compile`` the training forward/backward. See :mod:`unleash_ood.runtime`."""
+
+    device: str = "auto"
+    amp: str = "auto"
+    compile: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda"):
+            raise ValueError("must be 'auto', 'cpu' or 'cuda'")
+        return v
+
+    @field_validator("amp")
+    @classmethod
+    def _amp(cls, v: str) -> str:
+        if v not in ("auto", "bf16", "off"):
+            raise ValueError("must be 'auto', 'bf16' or 'off'")
+        return v
+
+
+class OutlierConfig(_Strict):
+    """Fine-tuning with auxiliary outliers (OE, Energy w. D_aux, POEM), alone and +UM/+UMAP."""
+
+    methods: list[Literal["oe", "energy", "poem"]] = Field(default_factory=lambda: ["oe", "energy", "poem"],
+                                                           min_length=1)
+    withs: list[Literal["none", "um", "umap"]] = Field(default_factory=lambda: ["none", "um", "umap"], min_length=1)
+    aux_size: int = Field(5000, ge=1)
+    aux_batch_size: int | None = Field(None, ge=1)
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(0.01, gt=0)
+    umap_lr: float | None = Field(None, gt=0)
+    lam: float = Field(0.5, ge=0)
+    energy_weight: float = Field(0.1, ge=0)
+    m_in: float = -25.0
+    m_out: float = -7.0
+    poem: dict = Field(default_factory=dict)
+    scores: list[str] = Field(default_factory=lambda: ["MSP", "Energy"], min_length=1)
+
+    def run_kwargs(self) -> dict:
+        """The keyword arguments of :func:`unleash_ood.outlier_pipeline.run_outlier_methods`."""
+        return self.model_dump(exclude={"scores"})
+
+
 class DemoConfig(_Strict):
     """The whole embedded-default pipeline: base training with tracking, UM, control, UMAP, evaluation."""
 
@@ -71,8 +120,10 @@ class DemoConfig(_Strict):
     um: UMConfig = Field(default_factory=UMConfig)
     umap: UMAPConfig = Field(default_factory=UMAPConfig)
     control: bool = True
+    outliers: OutlierConfig = Field(default_factory=OutlierConfig)
     scores: list[str] = Field(default_factory=lambda: list(ALL_SCORES))
     seed: int = Field(0, ge=0)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("scores", "track_scores")
     @classmethod
@@ -89,6 +140,7 @@ def quick(cfg: DemoConfig) -> DemoConfig:
     d["data"].update(train_size=2000, test_size=1000, val_size=1000, ood_size=300, val_ood_size=300)
     d["base"]["epochs"], d["eval_every"] = 3, 1
     d["um"]["optim"]["epochs"], d["umap"]["optim"]["epochs"], d["um"]["zeta_draws"] = 1, 1, 2
+    d["outliers"].update(epochs=1, aux_size=1000)
     return DemoConfig.model_validate(d)
 
 

@@ -4,6 +4,7 @@ each alone, +UM and +UMAP, evaluated next to the base with every score."""
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,12 +13,14 @@ import torch
 from torch import nn
 
 from .checkpoint import save_masks, save_model, save_tensors
+from . import runtime
 from .config import DemoConfig
 from .data.ood import AUX_MIX, AUX_PICTURES, load_auxiliary_pool
 from .data.transforms import random_shift_flip
 from .errors import UserError
 from .methods.outlier_training import METHODS, WITHS, check_method, finetune_with_outliers, run_name
-from .pipeline import evaluate_models, load_checkpoint, model_meta, prepare_data, resolve_zeta, say, write_outputs
+from .pipeline import (evaluate_models, load_checkpoint, model_meta, prepare_data, resolve_zeta, say,
+                       validation_metrics, write_outputs)
 from .report import write_json
 from .train import OptimConfig
 
@@ -68,6 +71,9 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
     prep = prepare_data(cfg.data)
     base, model_cfg = load_checkpoint(base_checkpoint, prep.id.num_classes, fallback=cfg.model)
     cfg = cfg.model_copy(update={"model": model_cfg})
+    rt = runtime.setup(cfg.runtime.device, cfg.runtime.amp, cfg.runtime.compile)  # as run_pipeline
+    base = runtime.place(base, rt)
+    out = runtime.output_dir(out)  # under torchrun only rank 0 writes into the run directory
     meta = model_meta(cfg.model, prep.id, "base")
     write_json(out / "config.json", cfg.model_dump())
     save_model(out / "checkpoints" / "base.safetensors", base, meta)
@@ -132,6 +138,8 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
 
     t = time.perf_counter()
     records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores)
+    if len(prep.id.val[0]):  # ID validation accuracy + synthetic validation OOD: what may be selected on
+        summary["validation"] = validation_metrics(models, prep)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     for r in records:
@@ -165,3 +173,29 @@ def outlier_notes(cfg: DemoConfig, prep, summary: dict) -> str:
     t = summary["timings_s"]
     lines += ["", "Wall-clock (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items())]
     return "\n".join(lines)
+
+
+def run_outliers(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: str | Path) -> list[dict]:
+    """:func:`run_outlier_methods` with the ``outliers`` section of ``cfg`` (scores: ``outliers.scores``)."""
+    scored = cfg.model_copy(update={"scores": cfg.outliers.scores})
+    return run_outlier_methods(scored, out_dir, base_checkpoint, **cfg.outliers.run_kwargs())
+
+
+def demo_with_outliers(cfg: DemoConfig, out_dir: str | Path) -> list[dict]:
+    """The demo, then the outlier family from its base into ``OUT/outliers``; one merged table in ``OUT``."""
+    import numpy as np
+
+    from .pipeline import run_demo
+    from .report import save_results
+
+    out = Path(out_dir)
+    records = run_demo(cfg, out)
+    run_outliers(cfg, out / "outliers", out / "checkpoints" / "base.safetensors")
+    extra = [r for r in json.loads((out / "outliers" / "results.json").read_text()) if r["model"] != "base"]
+    merged = [{**r, "aux": False} for r in records] + extra
+    scores = dict(np.load(out / "scores.npz"))
+    scores.update({k: v for k, v in np.load(out / "outliers" / "scores.npz").items() if not k.startswith("base/")})
+    notes = (out / "results.md").read_text().split("## Run", 1)[-1]
+    save_results(out, merged, scores, title="unleash-ood demo: Fashion-MNIST (ID), with auxiliary outliers",
+                 notes="## Run" + notes + "\n\nOutlier fine-tuning: see outliers/results.md for its settings.")
+    return merged

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_into, load_masks, save_masks, save_model
 from .config import DataConfig, DemoConfig, ModelConfig, UMAPConfig, UMConfig, validate
-from .data import IDData, load_id_data, patch_shuffle
-from .data.ood import load_ood_suite
+from .data import IDData, default_patch, load_id_data, patch_shuffle
+from .data.suite import load_ood_sets
 from .data.transforms import random_shift_flip
 from .errors import UserError
 from .evaluate import TensorBatches, collect_outputs, evaluate, score_outputs
@@ -28,8 +28,9 @@ from .methods.umap import learn_umap_mask
 from .metrics import accuracy, ood_metrics
 from .models import build_model
 from .plots import plot_score_histograms, plot_training_curve
-from .report import flatten_scores, save_results, write_json, write_text
-from .train import NonFiniteLossError, OptimConfig, train
+from . import runtime
+from .report import OUTLIER_LABELS, flatten_scores, save_results, write_json, write_text
+from .train import NonFiniteLossError, OptimConfig, ResumeState, train
 
 EVAL_BATCH = 512
 MODEL_ORDER = ("base", "um", "ce_finetune", "umap")
@@ -64,9 +65,10 @@ def prepare_data(cfg: DataConfig, ood_specs: list[str] | None = None) -> Prepare
     say(f"loading {cfg.dataset} and OOD sets")
     data = load_id_data(cfg.dataset, cfg.data_root, cfg.val_size, cfg.train_size, cfg.test_size, cfg.seed,
                         cfg.download)
-    ood = load_ood_suite(ood_specs or cfg.ood, data.image_shape, seed=cfg.seed, n=cfg.ood_size)
+    ood = load_ood_sets(ood_specs or cfg.ood, cfg.dataset, cfg.data_root, data.image_shape, n=cfg.ood_size,
+                        seed=cfg.seed, download=cfg.download)
     val_x = data.val[0][: cfg.val_ood_size] if len(data.val[0]) else data.train[0][: cfg.val_ood_size]
-    return Prepared(data, ood, patch_shuffle(val_x, patch=7, seed=cfg.seed))
+    return Prepared(data, ood, patch_shuffle(val_x, patch=default_patch(val_x.shape[-1]), seed=cfg.seed))
 
 
 def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
@@ -103,16 +105,34 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, eval_every: int,
-               track_scores: list[str], augment: bool, seed: int, model_cfg: ModelConfig) -> list[dict]:
-    """Base training; every ``eval_every`` epochs (and at the end) a tracked record and a checkpoint."""
+               track_scores: list[str], augment: bool, seed: int, model_cfg: ModelConfig,
+               resume: bool = False) -> list[dict]:
+    """Base training; every ``eval_every`` epochs (and at the end) a tracked record and a checkpoint.
+
+    After every epoch ``checkpoints/last_state.pt`` holds all that resuming needs (model, optimizer,
+    scheduler, RNG states, epoch, the log so far); ``resume=True`` continues from it (a finished
+    training is not repeated) and ends with the same weights and log as an uninterrupted run.
+    Under torchrun only rank 0 evaluates and writes; the log is then broadcast to every rank.
+    """
     log_path, ckpt_dir = out / "train_log.jsonl", out / "checkpoints"
-    log_path.unlink(missing_ok=True)
     log: list[dict] = []
     last_good: list[Path] = []
     meta = model_meta(model_cfg, prep.id, "base")
+    primary = runtime.is_primary()
+    if primary:
+        log_path.unlink(missing_ok=True)
+
+    def restore(saved_log) -> None:  # resuming: the log so far, rewritten (drops records of a lost epoch)
+        log[:] = saved_log or []
+        if primary:
+            for rec in log:
+                append_jsonl(log_path, rec)
+        say(f"resuming base training after epoch {state.resumed_epoch}")
+
+    state = ResumeState(ckpt_dir / "last_state.pt", resume=resume, extra=lambda: log, restore=restore)
 
     def on_epoch_end(epoch: int, record: dict) -> None:
-        if epoch % eval_every and epoch != optim.epochs:
+        if (epoch % eval_every and epoch != optim.epochs) or not primary:
             return
         path = save_model(ckpt_dir / f"base_epoch{epoch:03d}.safetensors", model, {**meta, "epoch": epoch})
         last_good[:] = [path]
@@ -125,12 +145,13 @@ def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, 
 
     try:
         train(model, prep.train_batches(optim.batch_size, seed, augment), optim, on_epoch_end=on_epoch_end,
-              desc="base")
+              desc="base", state=state)
     except NonFiniteLossError as e:
         where = f"last good checkpoint: {last_good[0]}" if last_good else "no checkpoint was written yet"
         raise NonFiniteLossError(f"{e}; {where}") from None
-    save_model(ckpt_dir / "base.safetensors", model, {**meta, "epoch": optim.epochs})
-    return log
+    if primary:
+        save_model(ckpt_dir / "base.safetensors", model, {**meta, "epoch": optim.epochs})
+    return runtime.broadcast_object(log)
 
 
 def resolve_zeta(model: nn.Module, prep: Prepared, cfg: UMConfig, seed: int) -> ZetaEstimate:
@@ -181,6 +202,26 @@ def evaluate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prep
     return records, flat, by_model, masked_acc
 
 
+def validation_metrics(models: dict[str, tuple[nn.Module, dict | None]], prep: Prepared,
+                       scores: tuple[str, ...] = ("Energy", "MSP")) -> dict[str, dict]:
+    """Per model: ID validation accuracy and metrics on the synthetic validation OOD set — what
+    hyperparameters may be selected on (the OOD test sets never are)."""
+    out = {}
+    for name, (model, masks) in models.items():
+        if masks is not None:
+            apply_masks(model, masks)
+        try:
+            val = collect_outputs(model, prep.batches(*prep.id.val))
+            shuffled = collect_outputs(model, prep.batches(prep.val_ood))
+        finally:
+            if masks is not None:
+                remove_masks(model)
+        val_s, ood_s = score_outputs(val, scores), score_outputs(shuffled, scores)
+        out[name] = {"val_acc": accuracy(val.logits.numpy(), val.labels.numpy()),
+                     **{s: ood_metrics(val_s[s], ood_s[s]) for s in scores}}
+    return out
+
+
 def best_epochs(log: list[dict], scores: list[str]) -> dict:
     """Per tracked score: epoch of the best mean FPR95 on the OOD test sets (analysis only) and on the
     validation OOD set (a legitimate selection), vs the final epoch."""
@@ -211,7 +252,7 @@ STAGES = ("train", "um", "control", "umap")
 
 
 def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = STAGES,
-                 init_checkpoint: str | Path | None = None) -> list[dict]:
+                 init_checkpoint: str | Path | None = None, resume: bool = False) -> list[dict]:
     """Run ``stages`` (train → ζ → UM, CE control → UMAP), then evaluate every model and write the results.
 
     Without ``train``, the base model comes from ``init_checkpoint`` (copied into the run directory, so
@@ -233,6 +274,9 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] =
         cfg = cfg.model_copy(update={"model": model_cfg})
     else:
         model = build(cfg.model, prep.id.num_classes)
+    rt = runtime.setup(cfg.runtime.device, cfg.runtime.amp, cfg.runtime.compile)  # the one device decision
+    model = runtime.place(model, rt)  # moved once; batches follow it (to_model_input)
+    out = runtime.output_dir(out)  # under torchrun only rank 0 writes into the run directory
     meta = model_meta(cfg.model, prep.id, "base")
     write_json(out / "config.json", cfg.model_dump())
     timings["data"] = time.perf_counter() - t0
@@ -242,7 +286,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] =
         say(f"training {cfg.model.arch} on {len(prep.id.train[0])} images for {cfg.base.epochs} epochs")
         t = time.perf_counter()
         log = train_base(model, prep, cfg.base, out, cfg.eval_every, cfg.track_scores, cfg.data.augment,
-                         cfg.seed, cfg.model)
+                         cfg.seed, cfg.model, resume=resume)
         timings["train"] = time.perf_counter() - t
         plot_training_curve(log, out / "plots" / "fpr95_along_training.png", scores=cfg.track_scores[:2])
         summary["best_epochs"] = best_epochs(log, cfg.track_scores)
@@ -280,6 +324,8 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] =
 
     t = time.perf_counter()
     records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores)
+    if len(prep.id.val[0]):
+        summary["validation"] = validation_metrics(models, prep)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     summary.update(umap_masked_id_acc=masked_acc.get("umap"), timings_s=timings)
@@ -289,9 +335,9 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] =
     return records
 
 
-def run_demo(cfg: DemoConfig, out_dir: str | Path) -> list[dict]:
+def run_demo(cfg: DemoConfig, out_dir: str | Path, resume: bool = False) -> list[dict]:
     """The main job: every stage on the embedded default."""
-    return run_pipeline(cfg, out_dir, STAGES if cfg.control else ("train", "um", "umap"))
+    return run_pipeline(cfg, out_dir, STAGES if cfg.control else ("train", "um", "umap"), resume=resume)
 
 
 def run_notes(cfg: DemoConfig, prep: Prepared, summary: dict) -> str:
@@ -352,20 +398,26 @@ def load_checkpoint(path: str | Path, num_classes: int | None = None,
 
 
 def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Path | None = None) -> list[dict]:
-    """Evaluate a finished run's models (base, um, ce_finetune, umap) on further OOD sets."""
+    """Evaluate every model of a finished run (base, um, ce_finetune, umap, outlier models) on other OOD sets."""
     run = Path(run_dir)
     cfg = load_run_config(run)
     out = Path(out_dir) if out_dir else run / "eval"
     prep = prepare_data(cfg.data, ood_specs)
     ck = run / "checkpoints"
-    models: dict[str, tuple[nn.Module, dict | None]] = {}
     base, _ = load_checkpoint(ck / "base.safetensors", prep.id.num_classes, cfg.model)
-    models["base"] = (base, None)
-    for name in ("um", "ce_finetune"):
-        if (ck / f"{name}.safetensors").is_file():
-            models[name] = (load_checkpoint(ck / f"{name}.safetensors", prep.id.num_classes, cfg.model)[0], None)
-    if (ck / "umap_mask.safetensors").is_file():
-        models["umap"] = (base, load_masks(ck / "umap_mask.safetensors")[0])
+    models: dict[str, tuple[nn.Module, dict | None]] = {"base": (base, None)}
+    order = {name: i for i, name in enumerate(MODEL_ORDER)}
+    for path in sorted(ck.glob("*.safetensors"), key=lambda p: (order.get(p.stem.removesuffix("_mask"), 99), p.stem)):
+        name = path.stem
+        if name == "base" or name.startswith("base_epoch") or name.endswith("_selected"):
+            continue
+        if name.endswith("_mask"):  # a UMAP-style mask on the frozen base
+            models[name[: -len("_mask")]] = (base, load_masks(path)[0])
+        else:
+            models[name] = (load_checkpoint(path, prep.id.num_classes, cfg.model)[0], None)
     records, flat, by_model, _ = evaluate_models(models, prep, cfg.scores)
+    if any(name.split("_")[0] in OUTLIER_LABELS for name in models):
+        for r in records:
+            r["aux"] = r["model"].split("_")[0] in OUTLIER_LABELS
     write_outputs(out, records, flat, by_model, f"Models of run {run}.", title="unleash-ood eval")
     return records

@@ -33,15 +33,23 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def records_csv(records: Sequence[dict]) -> str:
+    keys = RECORD_KEYS + (("aux",) if any("aux" in r for r in records) else ())
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RECORD_KEYS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in records:
-        writer.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in RECORD_KEYS})
+        writer.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in keys})
     return buf.getvalue()
 
 
+OUTLIER_LABELS = {"oe": "OE", "energy": "Energy (w. D_aux)", "poem": "POEM"}
+
+
 def row_label(model: str, score: str) -> str:
+    """Table row name: ``Energy+UM`` for the post-hoc family, ``OE+UMAP (MSP)`` for outlier fine-tuning."""
+    method, _, variant = model.partition("_")
+    if method in OUTLIER_LABELS and variant in ("", "um", "umap"):
+        return f"{OUTLIER_LABELS[method]}{MODEL_LABELS[variant or 'base']} ({score})"
     return score + MODEL_LABELS.get(model, f"+{model}")
 
 
@@ -57,13 +65,16 @@ def _ordered(records: Sequence[dict], key: str) -> list[str]:
 
 def mean_table(records: Sequence[dict]) -> str:
     """Paper-shaped table (Table 1): one row per score (+ method), metrics averaged over OOD sets."""
+    with_aux = any("aux" in r for r in records)
     rows = []
     for model in _ordered(records, "model"):
         for r in records:
             if r["model"] == model and r["ood"] == "mean":
-                rows.append([row_label(model, r["score"]), f"{r['auroc']:.2f}", f"{r['aupr_in']:.2f}",
+                aux = ["✓" if r.get("aux") else ""] if with_aux else []
+                rows.append([row_label(model, r["score"]), *aux, f"{r['auroc']:.2f}", f"{r['aupr_in']:.2f}",
                              f"{r['fpr95']:.2f}", f"{r['id_acc']:.2f}"])
-    return _md_table(["Method", "AUROC ↑", "AUPR ↑", "FPR95 ↓", "ID-ACC ↑"], rows)
+    header = ["Method", *(["w. D_aux"] if with_aux else []), "AUROC ↑", "AUPR ↑", "FPR95 ↓", "ID-ACC ↑"]
+    return _md_table(header, rows)
 
 
 def per_set_table(records: Sequence[dict], metric: str = "fpr95") -> str:

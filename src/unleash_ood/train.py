@@ -3,8 +3,11 @@ step loss and in which parameters are trainable."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -79,40 +82,150 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, steps_per_e
     return opt, sched
 
 
+@dataclass
+class ResumeState:
+    """Where :func:`train` keeps its resumable state and whether to resume from it.
+
+    After every epoch (after ``on_epoch_end``) rank 0 atomically writes ``path`` with ``torch.save``:
+    model, optimizer and scheduler state dicts, the torch CPU/CUDA RNG states, the batches' generator
+    state (e.g. :class:`~unleash_ood.evaluate.TensorBatches`), the epoch, the history and ``extra()``
+    (a JSON-able payload, e.g. the tracked log). It holds only tensors, numbers, strings and containers
+    and is loaded with ``weights_only=True``: loading never executes code. With ``resume`` and an
+    existing file, training continues after its epoch, after ``restore(payload)`` got the saved
+    ``extra()`` payload back (before any ``on_epoch_end``). A state written under a different
+    :class:`OptimConfig` is refused.
+    """
+
+    path: Path
+    resume: bool = False
+    extra: Callable[[], object] | None = None
+    restore: Callable[[object], None] | None = None
+    resumed_epoch: int = 0
+
+
+def load_state(path: str | Path) -> dict:
+    """A resumable state file written by :func:`train` (code-free load)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+        raise UserError(f"cannot resume from {path}: not a valid training state ({e})") from None
+
+
+def _save_state(path: Path, state: dict) -> None:
+    from .checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _rng_state(batches) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    gen = getattr(batches, "generator", None)
+    if isinstance(gen, torch.Generator):
+        state["batches"] = gen.get_state()
+    return state
+
+
+def _set_rng_state(batches, state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    gen = getattr(batches, "generator", None)
+    if "batches" in state and isinstance(gen, torch.Generator):
+        gen.set_state(state["batches"])
+
+
+def _step_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """What the step loss calls: the model, under torchrun wrapped in DDP, optionally compiled."""
+    from . import runtime
+
+    wrapped = model
+    if runtime.world_size() > 1 and any(p.requires_grad for p in model.parameters()):
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if runtime.current().compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
 def train(model: nn.Module, batches: Iterable, cfg: OptimConfig, step_loss: StepLoss = ce_step,
           params: Iterable[nn.Parameter] | None = None,
           on_epoch_end: Callable[[int, dict], None] | None = None,
-          train_mode: Callable[[nn.Module], None] | None = None, desc: str = "train") -> list[dict]:
+          train_mode: Callable[[nn.Module], None] | None = None, desc: str = "train",
+          state: ResumeState | None = None) -> list[dict]:
     """Run ``cfg.epochs`` epochs of ``step_loss`` over ``batches``; return one record per epoch.
 
     ``params`` defaults to all model parameters; ``train_mode`` defaults to ``model.train()``
     (UMAP passes a mode that keeps BatchNorm statistics frozen). ``on_epoch_end(epoch, record)``
     runs after every epoch (evaluation, checkpoints). A NaN/inf objective stops training with
-    :class:`NonFiniteLossError` before the optimizer applies it.
+    :class:`NonFiniteLossError` before the optimizer applies it. ``state``: save a resumable state
+    after every epoch and/or resume from it (:class:`ResumeState`).
+
+    Forward passes run under the run's autocast policy (bf16 on CUDA by default, none on CPU;
+    :mod:`unleash_ood.runtime`). Under torchrun the model is wrapped in DistributedDataParallel and
+    each rank trains on its slice of every (global) batch; records are global (reduced over ranks).
     """
+    from . import runtime
+
+    device = next(model.parameters()).device
+    world = runtime.world_size()
+    if world > 1:
+        batches = runtime.ShardedBatches(batches, runtime.rank(), world)
     steps = len(batches) if hasattr(batches, "__len__") else 1
     opt, sched = make_optimizer(model.parameters() if params is None else params, cfg, steps)
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
+    history: list[dict] = []
+    start = 1
+    if state is not None and state.resume and (state.path.is_file() or world > 1):
+        saved = runtime.broadcast_object(load_state(state.path) if runtime.is_primary() and state.path.is_file()
+                                         else None)
+        if saved is not None:
+            if saved.get("optim") != cfg.model_dump_json():
+                raise UserError(f"cannot resume from {state.path}: it was written with other optimizer settings "
+                                f"({saved.get('optim')}); start afresh without resume")
+            try:
+                model.load_state_dict(saved["model"])
+            except RuntimeError as e:
+                raise UserError(f"cannot resume from {state.path}: it holds another model ({str(e)[:200]})") from None
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            _set_rng_state(batches, saved["rng"])
+            history = json.loads(saved["history"])
+            start = int(saved["epoch"]) + 1
+            state.resumed_epoch = int(saved["epoch"])
+            if state.restore is not None:
+                state.restore(json.loads(saved["extra"]))
+    step_model = _step_model(model, device)
+    for epoch in range(start, cfg.epochs + 1):
         (train_mode or nn.Module.train)(model)
         total, total_ce, n = 0.0, 0.0, 0
-        bar = tqdm(batches, desc=f"{desc} {epoch}/{cfg.epochs}", leave=False, total=steps)
+        bar = tqdm(batches, desc=f"{desc} {epoch}/{cfg.epochs}", leave=False, total=steps,
+                   disable=not runtime.is_primary())
         for step, batch in enumerate(bar):
-            loss, ce = step_loss(model, batch)
-            if not torch.isfinite(loss):
+            with runtime.autocast(device):
+                loss, ce = step_loss(step_model, batch)
+            if not runtime.all_finite(loss):
                 raise NonFiniteLossError(f"{desc}: loss became {loss.item()} at epoch {epoch}, step {step}; "
                                          "stopped (lower the learning rate?)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            size = len(split_batch(batch)[0])
+            size = runtime.batch_size_of(batch)  # paired (ID, outlier) batches count their ID part
             total, total_ce, n = total + loss.item() * size, total_ce + ce.item() * size, n + size
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+        total, total_ce, n = runtime.all_reduce_sum([total, total_ce, float(n)], device)
         record = {"epoch": epoch, "loss": total / max(n, 1), "train_ce": total_ce / max(n, 1),
                   "lr": opt.param_groups[0]["lr"]}
         history.append(record)
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
+        if state is not None and runtime.is_primary():
+            _save_state(state.path, {
+                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "rng": _rng_state(batches), "history": json.dumps(history),
+                "optim": cfg.model_dump_json(),
+                "extra": json.dumps(state.extra() if state.extra is not None else None)})
     return history

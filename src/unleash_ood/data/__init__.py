@@ -10,7 +10,7 @@ from ..errors import UserError
 from .fashion import CLASSES as FASHION_CLASSES
 from .fashion import load_fashion_mnist
 
-ID_DATASETS = ("fashion_mnist",)
+ID_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 
 
 @dataclass
@@ -39,10 +39,17 @@ def load_id_data(name: str = "fashion_mnist", data_root: str | None = None, val_
 
     ``train_size``/``test_size`` take seeded subsets (the rest of the training pool is unused).
     """
-    if name != "fashion_mnist":
+    if name not in ID_DATASETS:
         raise UserError(f"unknown ID dataset {name!r}; available: {', '.join(ID_DATASETS)}")
-    x, y = load_fashion_mnist(data_root, train=True, download=download)
-    xt, yt = load_fashion_mnist(data_root, train=False, download=download)
+    if name == "fashion_mnist":
+        x, y = load_fashion_mnist(data_root, train=True, download=download)
+        xt, yt = load_fashion_mnist(data_root, train=False, download=download)
+        classes = FASHION_CLASSES
+    else:
+        from .cifar import load_cifar
+
+        x, y, classes = load_cifar(name, data_root, train=True, download=download)
+        xt, yt, _ = load_cifar(name, data_root, train=False, download=download)
     if val_size < 0 or val_size >= len(x):
         raise UserError(f"val_size must be in [0, {len(x)}), got {val_size}")
     g = torch.Generator().manual_seed(seed)
@@ -57,7 +64,7 @@ def load_id_data(name: str = "fashion_mnist", data_root: str | None = None, val_
             raise UserError(f"test_size must be in (0, {len(xt)}], got {test_size}")
         test_idx = torch.randperm(len(xt), generator=g)[:test_size]
         xt, yt = xt[test_idx], yt[test_idx]
-    return IDData(name, (x[pool], y[pool]), (x[val_idx], y[val_idx]), (xt, yt), FASHION_CLASSES)
+    return IDData(name, (x[pool], y[pool]), (x[val_idx], y[val_idx]), (xt, yt), classes)
 
 
 def patch_shuffle(images: torch.Tensor, patch: int = 7, seed: int = 0) -> torch.Tensor:
@@ -74,3 +81,11 @@ def patch_shuffle(images: torch.Tensor, patch: int = 7, seed: int = 0) -> torch.
     perm = torch.argsort(torch.rand(n, gh * gw, generator=g), dim=1)
     tiles = tiles[torch.arange(n).unsqueeze(1), perm]
     return tiles.reshape(n, gh, gw, c, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w).contiguous()
+
+
+def default_patch(size: int) -> int:
+    """Patch size for :func:`patch_shuffle` on ``size``×``size`` images: 7 for 28 (Fashion-MNIST), 8 for 32
+    (CIFAR); otherwise the largest divisor of ``size`` not above ``size // 4``."""
+    if size == 28:
+        return 7
+    return next(p for p in range(max(size // 4, 1), 0, -1) if size % p == 0)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import runtime
 from ..errors import UserError
 from ..evaluate import TensorBatches, classifier_layer, collect_outputs, split_batch, to_model_input
 from ..masking import add_popup_masks, check_keep_ratio, popup_binary_masks, remove_masks
@@ -155,7 +156,8 @@ def outlier_step(method: str, zeta: float | None = None, lam: float = 0.5, energ
     def step(model: nn.Module, batch) -> tuple[Tensor, Tensor]:
         (x_in, y_in), x_out = batch
         n_in = len(x_in)
-        logits = model(to_model_input(torch.cat([x_in, x_out.to(x_in.device, x_in.dtype)]), model))
+        # float32 losses also under bf16 autocast (the energy hinges square values around 25)
+        logits = model(to_model_input(torch.cat([x_in, x_out.to(x_in.device, x_in.dtype)]), model)).float()
         logits_in, logits_out = logits[:n_in], logits[n_in:]
         y = y_in.to(logits.device)
         ce = F.cross_entropy(logits_in, y)
@@ -225,6 +227,7 @@ class PoemSchedule:
         feats_in = _features(self.model, self.id_images[id_idx])
         self.selector.update(torch.cat([feats_in, feats_out]), boundary_targets(self.num_id, self.num_candidates))
         chosen = candidates[self.selector.select(feats_out, self.num_select)]
+        chosen = runtime.broadcast_object(chosen)  # under torchrun every rank trains on rank 0's choice
         self.paired.set_indices(chosen)
         self.selected.append(chosen.clone())
         return chosen

@@ -1,0 +1,130 @@
+"""Paper-scale subcommands: ``data list``, ``run RECIPE``, ``report RUN_DIR…``, ``select-keep``.
+
+Wired into the main parser with one line in ``cli.parser()``: ``add_paper_parsers(sub)``. Handlers raise
+:class:`UserError` for a user's mistake (the main CLI prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .errors import UserError
+
+
+def cmd_data_list(args: argparse.Namespace) -> None:
+    from .data.cifar import data_root
+    from .data.suite import data_status, format_status
+
+    rows = data_status(args.data_root, args.id)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"Data root: {data_root(args.data_root)}   (ID dataset: {args.id}; roles: ID, test = the paper's suite, "
+          "validation = for choosing zeta / keep ratio only)")
+    print(format_status(rows))
+
+
+def _seeds_and_overrides(args: argparse.Namespace) -> tuple[list[int], list[str]]:
+    seeds, overrides = [], list(args.overrides)
+    for tok in args.seeds:
+        if "=" in tok:
+            overrides.append(tok)
+            continue
+        for part in tok.split(","):
+            try:
+                seeds.append(int(part))
+            except ValueError:
+                raise UserError(f"--seeds takes integers, got {part!r}") from None
+    return seeds, overrides
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .paper import run_recipe
+    from .recipes import recipe_description, recipe_names
+
+    if args.list or not args.recipe:
+        for name in recipe_names():
+            print(f"{name:22s} {recipe_description(name)}")
+        return
+    seeds, overrides = _seeds_and_overrides(args)
+    out = Path(args.out or Path("runs") / Path(args.recipe).stem)
+    run_recipe(args.recipe, seeds, out, overrides, data_root_=args.data_root, select_grid=args.select_keep,
+               select_epochs=args.select_epochs)
+    print((out / "report.md").read_text())
+    print(f"Per-seed runs: {out}/seed_*/ ; aggregate: {out}/report.md, report.csv, report.json")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .aggregate import write_report
+
+    out = Path(args.out) if args.out else (Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else Path("report"))
+    write_report(args.run_dirs, out)
+    print((out / "report.md").read_text())
+    print(f"Written: {out}/report.md, report.csv, report.json")
+
+
+def cmd_select_keep(args: argparse.Namespace) -> None:
+    from .paper import select_keep_ratio, validation_ood
+    from .pipeline import load_checkpoint, prepare_data
+    from .recipes import load_recipe
+
+    cfg = load_recipe(args.recipe, list(args.overrides))
+    if args.data_root:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_root": args.data_root})})
+    # only the ID data is needed: the OOD test sets are never loaded
+    prep = prepare_data(cfg.data, ood_specs=["uniform"])
+    prep.ood = {}
+    model, _ = load_checkpoint(args.checkpoint, prep.id.num_classes, cfg.model)
+    name, val_ood = validation_ood(cfg.data, prep.val_ood, prep.id.image_shape)
+    out = Path(args.out)
+    res = select_keep_ratio(model, prep, cfg.um, args.grid, epochs=args.epochs, seed=cfg.seed, val_ood=val_ood,
+                            val_ood_name=name, augment=cfg.data.augment, max_acc_drop=args.max_acc_drop,
+                            out_path=out)
+    for c in res["candidates"]:
+        print(f"keep {c['keep_ratio']:.3f}  zeta {c['zeta']:.4f}  val Energy FPR95 {c['val_fpr95']:.2f}  "
+              f"AUROC {c['val_auroc']:.2f}  val acc {c['val_acc']:.2f}")
+    print(f"chosen on {name}: um.keep_ratio={res['keep_ratio']} um.zeta={res['zeta']:.4f}   (written to {out})")
+
+
+def add_paper_parsers(sub) -> None:
+    """Add ``data``, ``run``, ``report`` and ``select-keep`` to the main CLI's subparsers."""
+    d = sub.add_parser("data", help="paper-scale datasets: where they go and which are present")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser("list", help="table of the OOD suite (+ CIFAR): expected path, present?, how to get it")
+    dl.add_argument("--data-root", help="data root (default ~/.cache/unleash-ood)")
+    dl.add_argument("--id", default="cifar10", choices=["cifar10", "cifar100"], help="ID dataset (sets roles)")
+    dl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dl.set_defaults(func=cmd_data_list)
+
+    r = sub.add_parser("run", help="run a paper recipe over seeds, then aggregate (mean ± std)",
+                       epilog="Recipes: `unleash-ood run --list`. Overrides as key=value, e.g. base.epochs=20.")
+    r.add_argument("recipe", nargs="?", help="recipe name (see --list) or a YAML file")
+    r.add_argument("--seeds", nargs="+", default=["0"], metavar="S", help="seeds (default 0), e.g. --seeds 0 1 2")
+    r.add_argument("--out", help="output root (default runs/RECIPE); runs go to OUT/seed_<s>/")
+    r.add_argument("--data-root", help="data root with CIFAR and the OOD suite (see `unleash-ood data list`)")
+    r.add_argument("--list", action="store_true", help="list the recipes")
+    r.add_argument("--select-keep", nargs="+", type=float, metavar="KEEP",
+                   help="choose um.keep_ratio (and its zeta) per seed from these values on validation OOD "
+                        "(TinyImageNet if present, else patch-shuffled validation images) after base training")
+    r.add_argument("--select-epochs", type=int, default=5, help="short UM epochs per --select-keep candidate")
+    r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    r.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="mean ± std over seeds of finished runs (Table 1 and Table 2 shapes)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs, or folders of seed_* runs")
+    p.add_argument("--out", help="where report.md/.csv/.json go (default: the RUN_DIR if one, else ./report)")
+    p.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("select-keep", help="choose the UM keep ratio / zeta on validation OOD (never test OOD)")
+    s.add_argument("recipe", help="recipe name or YAML file (for data, UM settings)")
+    s.add_argument("--checkpoint", required=True, help="the trained base model (.safetensors)")
+    s.add_argument("--grid", nargs="+", type=float, default=[0.95, 0.97, 0.975, 0.99], help="keep ratios to try")
+    s.add_argument("--epochs", type=int, default=5, help="short UM epochs per candidate (default 5)")
+    s.add_argument("--max-acc-drop", type=float, default=None,
+                   help="skip candidates losing more validation accuracy (points) than this")
+    s.add_argument("--out", default="keep_selection.json", help="JSON with every candidate and the choice")
+    s.add_argument("--data-root")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.set_defaults(func=cmd_select_keep)

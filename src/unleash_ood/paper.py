@@ -1,0 +1,199 @@
+"""Paper-scale runs: a recipe over several seeds (fail fast on missing data), and the automatic choice
+of the UM keep ratio / ζ on the validation OOD set.
+
+``run_recipe`` goes through :func:`unleash_ood.pipeline.run_pipeline` — the same code path as ``demo``.
+Suite OOD names (``svhn``, ``places365``, …; see :mod:`unleash_ood.data.suite`) are turned, once, into
+uint8 ``.npz`` files under ``OUT/ood_cache/`` and passed to the pipeline as ``npz:`` specs, so each
+set keeps its name in every result table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import DataConfig, DemoConfig, UMConfig
+from .data import suite
+from .data.cifar import LAYOUT as CIFAR_LAYOUT
+from .data.cifar import cifar_present, data_root, download_cifar, how_to_get
+from .errors import UserError
+from .report import write_json
+
+DEFAULT_GRID = (0.95, 0.97, 0.975, 0.99)
+OOD_SUBSET_SEED = 0  # the OOD test subsets are the same for every seed
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Everything a run reads — the ID dataset and every OOD set — present (or downloadable), else ONE
+    UserError listing each missing piece and its fix. Call before any training."""
+    problems = []
+    if cfg.dataset in CIFAR_LAYOUT and not cifar_present(cfg.dataset, cfg.data_root):
+        if cfg.download:
+            try:
+                download_cifar(cfg.dataset, cfg.data_root)
+            except UserError as e:
+                problems.append(f"ID data: {e}")
+        else:
+            problems.append(f"ID data: {how_to_get(cfg.dataset, data_root(cfg.data_root))}")
+    names = [s for s in cfg.ood if suite.uses_suite(dataset=cfg.dataset) and suite.is_suite_name(s)]
+    for s in cfg.ood:
+        kind, _, path = s.partition(":")
+        if kind in ("npz", "folder") and path and not Path(path).expanduser().exists():
+            problems.append(f"OOD {s}: {path} does not exist")
+    try:
+        suite.check_available(names, cfg.data_root, id_dataset=cfg.dataset, download=cfg.download)
+    except UserError as e:
+        problems.append(str(e))
+    if problems:
+        raise UserError("data missing, nothing was trained: " + " | ".join(problems))
+
+
+def seed_config(cfg: DemoConfig, seed: int) -> DemoConfig:
+    """The recipe for one seed: model init, data split/order and masks all follow ``seed``."""
+    d = cfg.model_dump()
+    d["seed"] = seed
+    d["data"]["seed"] = seed
+    return DemoConfig.model_validate(d)
+
+
+def run_recipe(recipe: str | Path | DemoConfig, seeds: Sequence[int] = (0,), out_root: str | Path = "runs/paper",
+               overrides: Sequence[str] = (), data_root_: str | None = None,
+               select_grid: Sequence[float] | None = None, select_epochs: int = 5) -> dict[int, list[dict]]:
+    """Run a recipe for each seed into ``out_root/seed_<s>/``, then aggregate into ``out_root/report.*``.
+
+    All data is checked (and the suite sets cached) before the first epoch of the first seed. With
+    ``select_grid``, each seed trains the base model, chooses the UM keep ratio and ζ on validation data
+    (:func:`select_keep_ratio`, ``select_epochs`` short UM epochs per candidate; written to
+    ``seed_<s>/keep_selection.json``), then runs UM / control / UMAP with them.
+    """
+    from .aggregate import write_report
+    from .pipeline import run_pipeline
+    from .recipes import load_recipe
+
+    if isinstance(recipe, DemoConfig):
+        from .config import apply_overrides, validate
+
+        cfg = validate(DemoConfig, apply_overrides(recipe.model_dump(), list(overrides)))
+    else:
+        cfg = load_recipe(recipe, list(overrides))
+    if data_root_:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_root": data_root_})})
+    if not seeds:
+        raise UserError("give at least one seed")
+    out = Path(out_root)
+    check_data(cfg.data)
+    specs = suite.resolve_specs(cfg.data.ood, cfg.data.dataset, cfg.data.data_root, out / "ood_cache",
+                                n=cfg.data.ood_size, seed=OOD_SUBSET_SEED)
+    write_json(out / "recipe.json", {"recipe": str(recipe) if not isinstance(recipe, DemoConfig) else "(config)",
+                                     "overrides": list(overrides), "seeds": list(seeds), "config": cfg.model_dump()})
+    results = {}
+    for s in seeds:
+        cfg_s = seed_config(cfg, s)
+        cfg_s = cfg_s.model_copy(update={"data": cfg_s.data.model_copy(update={"ood": specs})})
+        if select_grid:
+            results[s] = _run_with_selection(cfg_s, out / f"seed_{s}", select_grid, select_epochs)
+        else:
+            results[s] = run_pipeline(cfg_s, out / f"seed_{s}")
+    write_report([out / f"seed_{s}" for s in seeds], out)
+    return results
+
+
+def _run_with_selection(cfg: DemoConfig, out: Path, grid: Sequence[float], epochs: int) -> list[dict]:
+    """train → select keep ratio / ζ on validation data → UM, control, UMAP from the trained base."""
+    import json
+
+    from .pipeline import STAGES, load_checkpoint, prepare_data, run_pipeline
+
+    run_pipeline(cfg, out, ("train",))
+    train_summary = json.loads((out / "summary.json").read_text())
+    base_path = out / "checkpoints" / "base.safetensors"
+    prep = prepare_data(cfg.data, ood_specs=["uniform"])  # ID splits + validation OOD; no test OOD set
+    prep.ood = {}
+    model, _ = load_checkpoint(base_path, prep.id.num_classes, cfg.model)
+    name, val_ood = validation_ood(cfg.data, prep.val_ood, prep.id.image_shape)
+    sel = select_keep_ratio(model, prep, cfg.um, grid, epochs=epochs, seed=cfg.seed, val_ood=val_ood,
+                            val_ood_name=name, augment=cfg.data.augment, out_path=out / "keep_selection.json")
+    del model, prep
+    um = cfg.um.model_copy(update={"keep_ratio": sel["keep_ratio"], "zeta": sel["zeta"]})
+    cfg = cfg.model_copy(update={"um": um})
+    stages = tuple(s for s in STAGES if s != "train" and (cfg.control or s != "control"))
+    records = run_pipeline(cfg, out, stages, init_checkpoint=base_path)
+    summary = json.loads((out / "summary.json").read_text())
+    summary.update(best_epochs=train_summary.get("best_epochs"), train_timings_s=train_summary.get("timings_s"),
+                   keep_selection={k: sel[k] for k in ("keep_ratio", "zeta", "criterion", "val_ood")})
+    write_json(out / "summary.json", summary)
+    return records
+
+
+# --------------------------------------------------------------------------- keep-ratio selection
+
+
+def validation_ood(data_cfg: DataConfig, fallback: torch.Tensor, image_shape: tuple[int, int, int]
+                   ) -> tuple[str, torch.Tensor]:
+    """``tinyimagenet`` (suite, CIFAR ID only) when present under the data root, else ``fallback``
+    (the pipeline's patch-shuffled ID-validation images). Never an OOD test set."""
+    if suite.uses_suite(dataset=data_cfg.dataset) and suite.present("tinyimagenet", data_cfg.data_root):
+        x = suite.load_suite_set("tinyimagenet", data_cfg.data_root, image_shape, n=data_cfg.val_ood_size,
+                                 seed=data_cfg.seed, id_dataset=data_cfg.dataset, allow_validation=True)
+        return "tinyimagenet", x
+    return "patch-shuffled ID validation", fallback
+
+
+def select_keep_ratio(base: nn.Module, prep, um: UMConfig, grid: Sequence[float] = DEFAULT_GRID,
+                      epochs: int | None = None, seed: int = 0, val_ood: torch.Tensor | None = None,
+                      val_ood_name: str = "patch-shuffled ID validation", augment: bool = False,
+                      max_acc_drop: float | None = None, out_path: str | Path | None = None) -> dict:
+    """Grid search over UM keep ratios on validation data only.
+
+    For each keep ratio δ: estimate ζ(δ) with ``um.zeta_draws`` random masks on the training set, run a
+    short UM (``epochs``, default ``um.optim.epochs``) from a copy of ``base``, and measure Energy FPR95
+    (ID positive) between the held-out ID **validation** images (``prep.id.val``) and the validation OOD
+    set (``val_ood``: TinyImageNet when given, else ``prep.val_ood``, the patch-shuffled validation
+    images). The chosen δ minimizes that FPR95 (ties: higher AUROC); with ``max_acc_drop`` (percentage
+    points), candidates whose validation accuracy falls more than that below the base model's are
+    skipped. OOD **test** sets (``prep.ood``) are never looked at. ``base`` is not modified.
+
+    Returns ``{"keep_ratio", "zeta", "criterion", "val_ood", "base": {...}, "candidates": [...]}``.
+    """
+    from .evaluate import collect_outputs, score_outputs
+    from .metrics import accuracy, ood_metrics
+    from .pipeline import run_um
+
+    if not len(prep.id.val[0]):
+        raise UserError("keep-ratio selection needs held-out ID validation images (data.val_size > 0)")
+    if not grid:
+        raise UserError("the keep-ratio grid is empty")
+    ood = prep.val_ood if val_ood is None else val_ood
+    val_b = prep.batches(*prep.id.val)
+    ood_b = prep.batches(ood)
+
+    def measure(model: nn.Module) -> dict:
+        val = collect_outputs(model, val_b)
+        m = ood_metrics(score_outputs(val, ["Energy"])["Energy"],
+                        score_outputs(collect_outputs(model, ood_b), ["Energy"])["Energy"])
+        return {"val_fpr95": m["fpr95"], "val_auroc": m["auroc"],
+                "val_acc": accuracy(val.logits.numpy(), val.labels.numpy())}
+
+    from .methods.um import estimate_zeta
+
+    base_m = measure(base)
+    cand = []
+    for i, keep in enumerate(grid):
+        z = estimate_zeta(base, prep.batches(*prep.id.train), keep, um.zeta_draws, seed)
+        short = um.model_copy(update={"keep_ratio": keep, "optim": um.optim.model_copy(
+            update={"epochs": epochs or um.optim.epochs})})
+        tuned, _ = run_um(base, prep, short, z.mean, seed + 10 * i, augment)
+        cand.append({"keep_ratio": float(keep), "zeta": z.mean, "zeta_sd": z.sd, **measure(tuned)})
+        del tuned
+    eligible = [c for c in cand
+                if max_acc_drop is None or c["val_acc"] >= base_m["val_acc"] - max_acc_drop] or cand
+    best = min(eligible, key=lambda c: (c["val_fpr95"], -c["val_auroc"]))
+    result = {"keep_ratio": best["keep_ratio"], "zeta": best["zeta"],
+              "criterion": "min Energy FPR95 (ID validation vs validation OOD), ties by AUROC",
+              "val_ood": val_ood_name, "max_acc_drop": max_acc_drop, "base": base_m, "candidates": cand}
+    if out_path is not None:
+        write_json(out_path, result)
+    return result

@@ -1,0 +1,156 @@
+"""`unleash-ood reproduce NAME --quick`: every analysis writes its figures and tables, re-runs skip
+finished sub-runs, and mistakes exit 2 with one clear line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unleash_ood import reproduce
+from unleash_ood.models import build_model
+
+
+def run_cli(argv: list[str]) -> int:
+    """Through the real CLI once `reproduce` is registered there, else the module's own entry point."""
+    from unleash_ood import cli
+
+    p = cli.parser()
+    subs = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
+    return cli.main(argv) if "reproduce" in subs.choices else reproduce.main(argv)
+
+
+EXPECTED = {
+    "once-covered": ["once_covered_energy.png", "once_covered_msp.png", "once_covered.md"],
+    "score-hist": ["score_hist_energy.png", "score_hist_msp.png", "score_hist.md"],
+    "mask-loss": ["mask_loss_vs_keep_ratio.png", "per_sample_loss.png", "masked_errors_grid.png",
+                  "mask_loss_vs_keep_ratio.md", "masked_errors.md"],
+    "keep-ratio": ["keep_ratio.png", "keep_ratio.md"],
+    "prune-rate": ["prune_rate.png", "prune_rate.md"],
+    "finetune-epochs": ["finetune_epochs.png", "finetune_epochs.md"],
+    "typical-atypical": ["typical_atypical.png", "typical_atypical.md"],
+    "overfitting": ["overfitting.png", "overfitting.md"],
+    "weights": ["weights.png", "weights.md"],
+}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """One folder for all analyses, so the quick base training is shared (as in runs/reproduce/)."""
+    return tmp_path_factory.mktemp("reproduce")
+
+
+def table(out: Path, name: str) -> list[dict]:
+    return json.loads((out / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", reproduce.ANALYSES)
+def test_quick_analysis_writes_figures_and_tables(name: str, root: Path) -> None:
+    out, docs = root / name, root / "gallery"
+    assert run_cli(["reproduce", name, "--quick", "--out", str(out), "--docs", str(docs)]) == 0
+    for f in EXPECTED[name]:
+        assert (out / f).is_file(), f
+        if f.endswith(".png"):
+            assert (out / f).read_bytes()[:4] == b"\x89PNG"
+            assert (docs / f"{name}_{f}").is_file()
+        else:
+            stem = f[:-3]
+            assert (out / f"{stem}.csv").is_file() and (out / f"{stem}.json").is_file()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["analysis"] == name and cfg["quick"] and cfg["config"]["data"]["train_size"] == 600
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["analysis"] == name and summary["wall_s"] >= 0
+
+    if name == "once-covered":
+        rows = table(out, "once_covered")
+        assert sorted({r["schedule"] for r in rows}) == sorted(reproduce.SCHEDULES)
+        assert len(rows) == len(reproduce.SCHEDULES) * 2  # Energy and MSP
+        for r in rows:
+            assert 1 <= r["best_epoch"] <= r["final_epoch"] and r["val_selected_epoch"] <= r["final_epoch"]
+            assert r["best_FPR95"] <= r["final_FPR95"]
+    elif name == "keep-ratio":
+        rows = table(out, "keep_ratio")
+        assert sorted({r["keep_ratio"] for r in rows if r["method"] == "UM"}) == sorted(cfg["params"]["keep_ratios"])
+        assert any(r["method"] == "base" for r in rows)
+        assert all(r["zeta"] > 0 for r in rows if r["method"] == "UM")
+    elif name == "prune-rate":
+        rows = table(out, "prune_rate")
+        for k in cfg["params"]["keep_ratios"]:
+            assert {r["method"] for r in rows if r["keep_ratio"] == k} == {"UMAP", "pruning (ζ=0)"}
+        assert all(r["zeta"] == 0 for r in rows if r["method"] != "UMAP")
+    elif name == "overfitting":
+        methods = list(dict.fromkeys(r["method"] for r in table(out, "overfitting")))
+        assert methods[0] == "baseline" and methods[-2:] == ["UM", "UMAP"]
+        assert sum(m.startswith("weight decay") for m in methods) == 3
+        assert sum(m.startswith("dropout") for m in methods) == 3
+        assert any("early stopping w. ACC" in m for m in methods) and any("val OOD" in m for m in methods)
+    elif name == "typical-atypical":
+        rows = [r for r in table(out, "typical_atypical") if r["size"]]
+        for n in cfg["params"]["sizes"]:
+            assert {r["subset"] for r in rows if r["size"] == n} == {"typical", "atypical"}
+        for n in cfg["params"]["sizes"]:  # the selected checkpoint fits typical samples better
+            acc = {r["subset"]: r["subset_ACC"] for r in rows if r["size"] == n}
+            assert acc["typical"] >= acc["atypical"]
+    elif name == "finetune-epochs":
+        rows = table(out, "finetune_epochs")
+        assert {(r["method"], r["epochs"]) for r in rows} >= {("UM", 1), ("UM", 2), ("UMAP", 1), ("UMAP", 2)}
+    elif name == "mask-loss":
+        rows = table(out, "mask_loss_vs_keep_ratio")
+        assert [r["keep_ratio"] for r in rows] == cfg["params"]["keep_ratios"]
+        assert len(table(out, "masked_errors")) == 5
+    elif name == "weights":
+        layers = {r["layer"].split(" (")[0] for r in table(out, "weights")}
+        assert layers == {"first conv", "middle conv", "classifier"}
+    elif name == "score-hist":
+        models = {r["model"] for r in table(out, "score_hist")}
+        assert "UM" in models and "UMAP" in models and any("val-selected" in m for m in models)
+
+
+def test_rerun_skips_finished_subruns(root: Path, capsys) -> None:
+    out = root / "keep-ratio"
+    if not (out / "summary.json").is_file():  # run alone
+        assert run_cli(["reproduce", "keep-ratio", "--quick", "--out", str(out)]) == 0
+    markers = {p: p.stat().st_mtime_ns for p in root.rglob("result.json")}
+    capsys.readouterr()
+    assert run_cli(["reproduce", "keep-ratio", "--quick", "--out", str(out)]) == 0
+    text = capsys.readouterr()
+    log = text.out + text.err
+    assert "skipped" in log and "finished in" not in log
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("result.json")} == markers
+
+
+def test_unknown_name_exits_2(tmp_path: Path, capsys) -> None:
+    assert run_cli(["reproduce", "no-such-analysis", "--quick", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown analysis 'no-such-analysis'" in err and "once-covered" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_parameter_exits_2(tmp_path: Path, capsys) -> None:
+    assert run_cli(["reproduce", "keep-ratio", "--quick", "--out", str(tmp_path), "analysis.nope=1"]) == 2
+    assert "unknown parameter" in capsys.readouterr().err
+
+
+def test_overrides_and_quick_in_config() -> None:
+    cfg, params = reproduce.build_config("keep-ratio", ["base.epochs=3", "analysis.keep_ratios=[0.9]"], quick=True)
+    assert cfg.base.epochs == 3 and params["keep_ratios"] == [0.9] and cfg.data.train_size == 600
+    cfg, _ = reproduce.build_config("keep-ratio")
+    assert cfg.data.train_size == 6000 and cfg.base.epochs == 20
+
+
+def test_fc_dropout_hook_keeps_the_architecture() -> None:
+    torch.manual_seed(0)
+    plain = build_model("small_cnn", 10, width=8)
+    model = reproduce.add_fc_dropout(build_model("small_cnn", 10, width=8), 0.5)
+    model.load_state_dict(plain.state_dict())
+    assert set(model.state_dict()) == set(plain.state_dict())
+    x = torch.rand(16, 1, 28, 28)
+    model.eval(), plain.eval()
+    assert torch.equal(model(x), plain(x))  # no dropout at inference
+    model.train()
+    torch.manual_seed(1)
+    feats = model.features(model.normalize(x))
+    assert not torch.allclose(model.fc(feats), plain.fc(feats))  # dropped features while training
