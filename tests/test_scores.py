@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from unleash_ood.errors import UserError
 from unleash_ood.evaluate import TensorBatches, collect_outputs, evaluate, odin_scores

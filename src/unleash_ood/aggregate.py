@@ -9,8 +9,6 @@ metrics averaged over OOD sets; Table 2 shape: FPR95 / AUROC per OOD set), ``rep
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .report import CONVENTION, METRIC_KEYS, _md_table, row_label, write_json, write_text
+from .report import CONVENTION, METRIC_KEYS, _md_table, dicts_csv, row_label, write_json, write_text
 
 AGG_KEYS = ("setting", "model", "score", "ood", "n_seeds")
 
@@ -135,13 +133,7 @@ def report_markdown(records: Sequence[dict]) -> str:
 
 
 def report_csv(records: Sequence[dict]) -> str:
-    keys = [*AGG_KEYS] + [f"{k}_{s}" for k in METRIC_KEYS for s in ("mean", "std")]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in records:
-        w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in keys})
-    return buf.getvalue()
+    return dicts_csv(records, [*AGG_KEYS] + [f"{k}_{s}" for k in METRIC_KEYS for s in ("mean", "std")])
 
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[dict]:

@@ -29,7 +29,7 @@ from .metrics import accuracy, ood_metrics
 from .models import build_model
 from .plots import plot_score_histograms, plot_training_curve
 from . import runtime
-from .report import OUTLIER_LABELS, flatten_scores, save_results, write_json, write_text
+from .report import OUTLIER_LABELS, flatten_scores, save_results, write_json
 from .train import NonFiniteLossError, OptimConfig, ResumeState, train
 
 EVAL_BATCH = 512

@@ -33,7 +33,12 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def records_csv(records: Sequence[dict]) -> str:
-    keys = RECORD_KEYS + (("aux",) if any("aux" in r for r in records) else ())
+    """Metric records as CSV (an ``aux`` column when any record has one)."""
+    return dicts_csv(records, RECORD_KEYS + (("aux",) if any("aux" in r for r in records) else ()))
+
+
+def dicts_csv(records: Sequence[dict], keys: Sequence[str]) -> str:
+    """Rows of dicts as CSV with the given columns; floats with 4 decimals, missing cells empty."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

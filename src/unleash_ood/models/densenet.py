@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cnn import Normalize
+from .cnn import Normalize, init_weights
 from .constants import CIFAR10_MEAN, CIFAR10_STD
 
 
@@ -86,17 +86,7 @@ class DenseNetBC(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = channels
         self.fc = nn.Linear(channels, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features (the input of ``fc``), shape N × ``num_features``."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cnn import Normalize
+from .cnn import Normalize, init_weights
 from .constants import CIFAR10_MEAN, CIFAR10_STD
 
 
@@ -61,7 +61,7 @@ class WideResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = widths[3]
         self.fc = nn.Linear(widths[3], num_classes)
-        self._init_weights()
+        init_weights(self)
 
     @staticmethod
     def _stage(in_channels: int, out_channels: int, n: int, stride: int, dropout: float) -> nn.Sequential:
@@ -69,16 +69,6 @@ class WideResNet(nn.Module):
             WideBasicBlock(in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1, dropout)
             for i in range(n)
         ])
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features (the input of ``fc``), shape N × ``num_features``."""
