@@ -1,8 +1,9 @@
 """``report RUN_DIR…``: mean ± standard deviation over seeds of finished runs' ``results.json``.
 
 A RUN_DIR is a run (holding ``results.json``) or a folder of runs (``seed_*/results.json``, as written
-by ``unleash-ood run``). Runs are grouped by setting (ID dataset × architecture, from each run's
-``config.json``); within a setting, records are matched on (model, score, OOD set). The standard
+by ``unleash-ood run``); a run's ``outliers/`` sub-run (OE / Energy / POEM fine-tuning, written by
+``run`` when the recipe's ``outliers.enabled``) is included, without its copy of the base model. Runs
+are grouped by setting (ID dataset × architecture, from each run's ``config.json``); within a setting, records are matched on (model, score, OOD set). The standard
 deviation is the sample one (ddof = 1; 0 for a single seed). Output: ``report.md`` (Table 1 shape:
 metrics averaged over OOD sets; Table 2 shape: FPR95 / AUROC per OOD set), ``report.csv``, ``report.json``.
 """
@@ -26,8 +27,10 @@ def find_runs(run_dirs: Sequence[str | Path]) -> list[Path]:
     for d in map(Path, run_dirs):
         if (d / "results.json").is_file():
             runs.append(d)
+            if (d / "outliers" / "results.json").is_file():
+                runs.append(d / "outliers")
             continue
-        found = sorted(p.parent for p in d.glob("*/results.json"))
+        found = sorted(p.parent for p in [*d.glob("*/results.json"), *d.glob("*/outliers/results.json")])
         if not found:
             raise UserError(f"{d}: no results.json in it or in its subfolders (is the run finished?)")
         runs += found
@@ -60,7 +63,10 @@ def aggregate(run_dirs: Sequence[str | Path]) -> list[dict]:
         except json.JSONDecodeError as e:
             raise UserError(f"corrupt {run / 'results.json'}: {e}") from None
         setting = _setting(run)
+        nested = run.parent in runs  # an outlier run inside a run: its 'base' is the parent's, already counted
         for r in records:
+            if nested and r.get("aux") is False:
+                continue
             groups.setdefault((setting, r["model"], r["score"], r["ood"]), []).append({**r, "_run": str(run)})
     out = []
     for (setting, model, score, ood), rs in groups.items():

@@ -61,7 +61,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_oe(args: argparse.Namespace) -> None:
     from .outlier_pipeline import run_outliers
 
-    cfg = _config(args)
+    if args.recipe:  # a paper recipe (its `outliers` section) instead of --config
+        from .recipes import load_recipe
+
+        if args.config:
+            raise UserError("give --recipe or --config, not both")
+        root = [f"data.data_root={args.data_root}"] if args.data_root else []
+        cfg = load_recipe(args.recipe, [*args.overrides, *root])
+        cfg = quick(cfg) if args.quick else cfg
+    else:
+        cfg = _config(args)
     chosen = {k: v for k, v in (("methods", args.method), ("withs", args.with_)) if v}
     cfg = validate(DemoConfig, {**cfg.model_dump(), "outliers": {**cfg.outliers.model_dump(), **chosen}})
     run_outliers(cfg, args.out, args.checkpoint)  # type: ignore[arg-type]
@@ -113,11 +122,12 @@ def parser() -> argparse.ArgumentParser:
     o = sub.add_parser("oe", help="fine-tune a checkpoint with auxiliary outliers (OE, Energy, POEM)",
                        epilog=EPILOG)
     common(o, None)
-    o.add_argument("--checkpoint", required=True, help="base model (.safetensors)")
+    o.add_argument("--checkpoint", required=True, help="base model (.safetensors, or pytorch-ood:NAME)")
     o.add_argument("--method", nargs="+", choices=["oe", "energy", "poem"], help="default: all three")
     o.add_argument("--with", dest="with_", nargs="+", choices=["none", "um", "umap"],
                    help="combine with UM's flooding or UMAP's mask (default: none um umap)")
     o.add_argument("--quick", action="store_true")
+    o.add_argument("--recipe", help="a paper recipe (name or YAML) instead of --config, e.g. cifar10_densenet100")
     o.set_defaults(func=cmd_oe)
 
     t = sub.add_parser("train", help="train a base model with once-covered tracking", epilog=EPILOG)
@@ -128,7 +138,8 @@ def parser() -> argparse.ArgumentParser:
                                ("umap", ("umap",), "learn a UMAP mask on a checkpoint")):
         s = sub.add_parser(name, help=what, epilog=EPILOG)
         common(s, None)
-        s.add_argument("--checkpoint", required=True, help="base model (.safetensors from `train`)")
+        s.add_argument("--checkpoint", required=True,
+                       help="base model (.safetensors from `train`, or pytorch-ood:NAME)")
         s.add_argument("--quick", action="store_true")
         s.set_defaults(func=_stage_command(stages))
 

@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     seeds, overrides = _seeds_and_overrides(args)
     out = Path(args.out or Path("runs") / Path(args.recipe).stem)
     run_recipe(args.recipe, seeds, out, overrides, data_root_=args.data_root, select_grid=args.select_keep,
-               select_epochs=args.select_epochs)
+               select_epochs=args.select_epochs, init=args.init)
     print((out / "report.md").read_text())
     print(f"Per-seed runs: {out}/seed_*/ ; aggregate: {out}/report.md, report.csv, report.json")
 
@@ -88,8 +88,37 @@ def cmd_select_keep(args: argparse.Namespace) -> None:
     print(f"chosen on {name}: um.keep_ratio={res['keep_ratio']} um.zeta={res['zeta']:.4f}   (written to {out})")
 
 
+def cmd_import_weights(args: argparse.Namespace) -> None:
+    from .checkpoint import load_tensors
+    from .pretrained import import_state_dict, is_pretrained_spec, resolve_init
+
+    try:
+        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"--model-kwargs is not valid JSON ({e})") from None
+    if not isinstance(kwargs, dict):
+        raise UserError("--model-kwargs takes a JSON object, e.g. '{\"mean\": [0.5, 0.5, 0.5], "
+                        "\"std\": [0.5, 0.5, 0.5]}'")
+    if is_pretrained_spec(args.src):
+        import shutil
+
+        path = resolve_init(args.src, args.cache_dir, download=False if args.offline else None)
+        if args.out:
+            shutil.copyfile(path, args.out)
+            path = Path(args.out)
+    else:
+        if not (args.arch and args.num_classes):
+            raise UserError("importing a state_dict file needs --arch and --num-classes")
+        path = import_state_dict(args.src, args.arch, args.num_classes, kwargs, args.out,
+                                 strip_prefix="" if args.keep_prefix else "module.")
+    meta = load_tensors(path)[1]
+    print(f"wrote {path}  (arch {meta['arch']}, {meta['num_classes']} classes, kwargs {meta.get('model_kwargs')}, "
+          f"source {meta.get('source')})")
+    print(f"use it with --checkpoint {path} (um / umap / oe / select-keep) or `unleash-ood run RECIPE --init {path}`")
+
+
 def add_paper_parsers(sub) -> None:
-    """Add ``data``, ``run``, ``report`` and ``select-keep`` to the main CLI's subparsers."""
+    """Add ``data``, ``run``, ``report``, ``select-keep`` and ``import-weights`` to the main CLI's subparsers."""
     d = sub.add_parser("data", help="paper-scale datasets: where they go and which are present")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dl = dsub.add_parser("list", help="table of the OOD suite (+ CIFAR): expected path, present?, how to get it")
@@ -109,6 +138,9 @@ def add_paper_parsers(sub) -> None:
                    help="choose um.keep_ratio (and its zeta) per seed from these values on validation OOD "
                         "(TinyImageNet if present, else patch-shuffled validation images) after base training")
     r.add_argument("--select-epochs", type=int, default=5, help="short UM epochs per --select-keep candidate")
+    r.add_argument("--init", metavar="SPEC",
+                   help="skip base training and start every seed from this checkpoint (.safetensors) or "
+                        "pytorch-ood:NAME (e.g. pytorch-ood:cifar10-pt, pytorch-ood:wrn-40-2/cifar10/oe)")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     r.set_defaults(func=cmd_run)
 
@@ -128,3 +160,17 @@ def add_paper_parsers(sub) -> None:
     s.add_argument("--data-root")
     s.add_argument("overrides", nargs="*", metavar="key=value")
     s.set_defaults(func=cmd_select_keep)
+
+    w = sub.add_parser("import-weights", help="convert a .pt/.pth state_dict or pytorch-ood:NAME to a checkpoint",
+                       epilog="pytorch-ood names: cifar10-pt, cifar100-pt, cifar10-oe-tune, cifar10-energy-tune, "
+                              "… or any wrn-40-2 key of pytorch-ood 0.4.0's registry (wrn-40-2/cifar10/oe, …).")
+    w.add_argument("src", help="a state_dict file (loaded weights-only) or pytorch-ood:NAME")
+    w.add_argument("--arch", help="registered architecture, e.g. wrn40_2 (required for a file)")
+    w.add_argument("--num-classes", type=int, help="number of classes (required for a file)")
+    w.add_argument("--model-kwargs", help="JSON model kwargs, e.g. the mean/std the weights were trained with")
+    w.add_argument("--out", help="output .safetensors (default: SRC with suffix .safetensors; for "
+                                 "pytorch-ood:NAME the converted file stays in the cache)")
+    w.add_argument("--keep-prefix", action="store_true", help="do not strip a 'module.' key prefix")
+    w.add_argument("--cache-dir", help="pretrained cache (default ~/.cache/unleash-ood/pretrained)")
+    w.add_argument("--offline", action="store_true", help="never download; use the cache only")
+    w.set_defaults(func=cmd_import_weights)

@@ -40,7 +40,7 @@ class ModelConfig(_Strict):
 class UMConfig(_Strict):
     """UM: ζ from a random mask keeping ``keep_ratio`` of each layer (aliases: ``mask_ratio``)."""
 
-    keep_ratio: float = Field(0.95, gt=0, le=1, validation_alias=AliasChoices("keep_ratio", "mask_ratio"))
+    keep_ratio: float = Field(0.97, gt=0, le=1, validation_alias=AliasChoices("keep_ratio", "mask_ratio"))
     zeta: float | None = Field(None, ge=0)
     zeta_draws: int = Field(3, ge=1)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(epochs=10, lr=0.05, weight_decay=5e-4))
@@ -87,8 +87,14 @@ class RuntimeConfig(_Strict):
 
 
 class OutlierConfig(_Strict):
-    """Fine-tuning with auxiliary outliers (OE, Energy w. D_aux, POEM), alone and +UM/+UMAP."""
+    """Fine-tuning with auxiliary outliers (OE, Energy w. D_aux, POEM), alone and +UM/+UMAP.
 
+    ``aux``: the auxiliary pool spec (``builtin``, ``npz:PATH``, ``folder:PATH``, ``imagenet64:DIR``,
+    ``tinyimages300k:PATH``; see :mod:`unleash_ood.data.auxiliary`). ``enabled``: ``run`` (recipes)
+    also fine-tunes with outliers after the pipeline, into ``seed_<s>/outliers/``."""
+
+    enabled: bool = False
+    aux: str = "builtin"
     methods: list[Literal["oe", "energy", "poem"]] = Field(default_factory=lambda: ["oe", "energy", "poem"],
                                                            min_length=1)
     withs: list[Literal["none", "um", "umap"]] = Field(default_factory=lambda: ["none", "um", "umap"], min_length=1)
@@ -104,9 +110,20 @@ class OutlierConfig(_Strict):
     poem: dict = Field(default_factory=dict)
     scores: list[str] = Field(default_factory=lambda: ["MSP", "Energy"], min_length=1)
 
+    @field_validator("aux")
+    @classmethod
+    def _aux(cls, v: str) -> str:
+        from .data.auxiliary import parse_aux_spec
+
+        try:
+            parse_aux_spec(v)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return v
+
     def run_kwargs(self) -> dict:
         """The keyword arguments of :func:`unleash_ood.outlier_pipeline.run_outlier_methods`."""
-        return self.model_dump(exclude={"scores"})
+        return self.model_dump(exclude={"scores", "enabled"})
 
 
 class DemoConfig(_Strict):

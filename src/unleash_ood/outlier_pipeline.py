@@ -15,7 +15,8 @@ from torch import nn
 from .checkpoint import save_masks, save_model, save_tensors
 from . import runtime
 from .config import DemoConfig
-from .data.ood import AUX_MIX, AUX_PICTURES, load_auxiliary_pool
+from .data.auxiliary import aux_record_json, check_aux_overlap, load_aux_pool
+from .data.ood import AUX_MIX, AUX_PICTURES
 from .data.transforms import random_shift_flip
 from .errors import UserError
 from .methods.outlier_training import METHODS, WITHS, check_method, finetune_with_outliers, run_name
@@ -51,18 +52,22 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
                         methods: Sequence[str] = METHODS, withs: Sequence[str] = WITHS, aux_size: int = 5000,
                         aux_batch_size: int | None = None, epochs: int = 10, lr: float = 0.01,
                         umap_lr: float | None = None, lam: float = 0.5, energy_weight: float = 0.1,
-                        m_in: float = -25.0, m_out: float = -7.0, poem: dict | None = None) -> list[dict]:
+                        m_in: float = -25.0, m_out: float = -7.0, poem: dict | None = None,
+                        aux: str = "builtin") -> list[dict]:
     """Fine-tune copies of the base at ``base_checkpoint`` with auxiliary outliers for every
     (method, variant), evaluate them next to the base, write the run directory; return the records.
 
-    The auxiliary pool is ``load_auxiliary_pool(image_shape, aux_size, cfg.data.seed)`` (disjoint from
-    every built-in OOD test set). ζ is estimated once (``um`` settings) when a +UM/+UMAP variant runs;
-    +UMAP uses ``umap.zeta`` when set, like the main pipeline. Records carry ``aux``: whether the
-    model saw auxiliary data (False for the base).
+    The auxiliary pool is ``load_aux_pool(aux, image_shape, aux_size, cfg.data.seed)`` (``builtin``: the
+    generated pool, disjoint from every built-in OOD test set; a path spec overlapping an OOD test set of
+    the run is refused); the sampled indices go to ``checkpoints/aux_subset.safetensors``. ζ is estimated
+    once (``um`` settings) when a +UM/+UMAP variant runs; +UMAP uses ``umap.zeta`` when set, like the main
+    pipeline. Records carry ``aux``: whether the model saw auxiliary data (False for the base).
     """
     methods, withs = _check_lists(methods, withs)
     if aux_size < 1:
         raise UserError(f"aux_size must be ≥ 1, got {aux_size}")
+    aux_spec = aux
+    check_aux_overlap(aux_spec, cfg.data.ood, cfg.data.data_root, cfg.data.dataset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -77,13 +82,21 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
     meta = model_meta(cfg.model, prep.id, "base")
     write_json(out / "config.json", cfg.model_dump())
     save_model(out / "checkpoints" / "base.safetensors", base, meta)
-    say(f"auxiliary pool: {aux_size} images (seed {cfg.data.seed})")
-    aux = load_auxiliary_pool(prep.id.image_shape, n=aux_size, seed=cfg.data.seed)
+    say(f"auxiliary pool: {aux_size} images from {aux_spec} (seed {cfg.data.seed})")
+    aux, aux_rec = load_aux_pool(aux_spec, prep.id.image_shape, n=aux_size, seed=cfg.data.seed,
+                                 data_root=cfg.data.data_root)
+    save_tensors(out / "checkpoints" / "aux_subset.safetensors",
+                 {k: v for k, v in aux_rec.items() if isinstance(v, torch.Tensor)},
+                 {"kind": "aux_subset", **aux_record_json(aux_rec)})
     timings["data"] = time.perf_counter() - t0
 
+    pool_info = {"source": "load_auxiliary_pool" if aux_rec["kind"] == "builtin" else aux_rec["kind"],
+                 "size": aux_size, **aux_record_json(aux_rec),
+                 "indices_file": "checkpoints/aux_subset.safetensors"}
+    if aux_rec["kind"] == "builtin":
+        pool_info.update(mix=AUX_MIX, pictures=AUX_PICTURES)
     summary: dict = {"base_checkpoint": str(base_checkpoint), "methods": methods, "withs": withs,
-                     "aux_pool": {"source": "load_auxiliary_pool", "size": aux_size, "seed": cfg.data.seed,
-                                  "mix": AUX_MIX, "pictures": AUX_PICTURES},
+                     "aux_pool": pool_info,
                      "settings": {"epochs": epochs, "lr": lr, "umap_lr": umap_lr or cfg.umap.optim.lr,
                                   "aux_batch_size": aux_batch_size or cfg.um.optim.batch_size,
                                   "id_batch_size": cfg.um.optim.batch_size, "lam": lam,
@@ -158,9 +171,12 @@ def outlier_notes(cfg: DemoConfig, prep, summary: dict) -> str:
     lines = ["## Run", "",
              f"- ID: {prep.id.name}, {len(prep.id.train[0])} train / {len(prep.id.test[0])} test images; "
              f"model {cfg.model.arch} {cfg.model.kwargs}; base from {summary['base_checkpoint']}",
-             f"- Auxiliary outliers (D_aux): {pool['size']} images from the built-in pool (seed {pool['seed']}; "
-             "picture crops, blobs, shapes, noise), disjoint from every built-in OOD test set; "
-             f"{s['aux_batch_size']} per ID batch of {s['id_batch_size']}.",
+             (f"- Auxiliary outliers (D_aux): {pool['size']} images from the built-in pool (seed {pool['seed']}; "
+              "picture crops, blobs, shapes, noise), disjoint from every built-in OOD test set; "
+              if pool.get("kind", "builtin") == "builtin" else
+              f"- Auxiliary outliers (D_aux): {pool['size']} of {pool['pool_size']} images sampled from "
+              f"`{pool['spec']}` (seed {pool['seed']}; indices in {pool['indices_file']}); ")
+             + f"{s['aux_batch_size']} per ID batch of {s['id_batch_size']}.",
              f"- Fine-tuning: {s['epochs']} epochs, lr {s['lr']} (masks for +UMAP: lr {s['umap_lr']}, keep ratio "
              f"{s['umap_keep_ratio']}), cosine; OE λ = {s['lam']}; energy weight {s['energy_weight']}, "
              f"m_in = {s['m_in']}, m_out = {s['m_out']}; POEM re-selects its outliers every epoch."]

@@ -61,13 +61,19 @@ def seed_config(cfg: DemoConfig, seed: int) -> DemoConfig:
 
 def run_recipe(recipe: str | Path | DemoConfig, seeds: Sequence[int] = (0,), out_root: str | Path = "runs/paper",
                overrides: Sequence[str] = (), data_root_: str | None = None,
-               select_grid: Sequence[float] | None = None, select_epochs: int = 5) -> dict[int, list[dict]]:
+               select_grid: Sequence[float] | None = None, select_epochs: int = 5,
+               init: str | Path | None = None) -> dict[int, list[dict]]:
     """Run a recipe for each seed into ``out_root/seed_<s>/``, then aggregate into ``out_root/report.*``.
 
     All data is checked (and the suite sets cached) before the first epoch of the first seed. With
     ``select_grid``, each seed trains the base model, chooses the UM keep ratio and ζ on validation data
     (:func:`select_keep_ratio`, ``select_epochs`` short UM epochs per candidate; written to
-    ``seed_<s>/keep_selection.json``), then runs UM / control / UMAP with them.
+    ``seed_<s>/keep_selection.json``), then runs UM / control / UMAP with them. With ``outliers.enabled``,
+    OE / Energy / POEM (× none, +UM, +UMAP, per the ``outliers`` section) are then fine-tuned from each
+    seed's base into ``seed_<s>/outliers/`` (the auxiliary pool is checked up front too) and their
+    records join the report; the returned records include them (without the duplicate base).
+    With ``init`` (a checkpoint, or ``pytorch-ood:NAME``), the ``train`` stage is skipped: every seed starts
+    from that base model (resolved, and downloaded if needed, before any seed runs).
     """
     from .aggregate import write_report
     from .pipeline import run_pipeline
@@ -85,6 +91,16 @@ def run_recipe(recipe: str | Path | DemoConfig, seeds: Sequence[int] = (0,), out
         raise UserError("give at least one seed")
     out = Path(out_root)
     check_data(cfg.data)
+    if init is not None:  # fail (or download) before any seed runs
+        from .pretrained import resolve_checkpoint
+
+        if not resolve_checkpoint(init).is_file():
+            raise UserError(f"--init checkpoint not found: {init}")
+    if cfg.outliers.enabled:  # the auxiliary pool: present, and no overlap with the OOD test sets
+        from .data.auxiliary import check_aux_overlap, check_aux_source
+
+        check_aux_overlap(cfg.outliers.aux, cfg.data.ood, cfg.data.data_root, cfg.data.dataset)
+        check_aux_source(cfg.outliers.aux, cfg.data.data_root)
     specs = suite.resolve_specs(cfg.data.ood, cfg.data.dataset, cfg.data.data_root, out / "ood_cache",
                                 n=cfg.data.ood_size, seed=OOD_SUBSET_SEED)
     write_json(out / "recipe.json", {"recipe": str(recipe) if not isinstance(recipe, DemoConfig) else "(config)",
@@ -94,22 +110,37 @@ def run_recipe(recipe: str | Path | DemoConfig, seeds: Sequence[int] = (0,), out
         cfg_s = seed_config(cfg, s)
         cfg_s = cfg_s.model_copy(update={"data": cfg_s.data.model_copy(update={"ood": specs})})
         if select_grid:
-            results[s] = _run_with_selection(cfg_s, out / f"seed_{s}", select_grid, select_epochs)
+            results[s] = _run_with_selection(cfg_s, out / f"seed_{s}", select_grid, select_epochs, init)
         else:
-            results[s] = run_pipeline(cfg_s, out / f"seed_{s}")
-    write_report([out / f"seed_{s}" for s in seeds], out)
+            from .pipeline import STAGES
+
+            stages = tuple(x for x in STAGES if (x != "train" or init is None) and (x != "control" or cfg_s.control))
+            results[s] = run_pipeline(cfg_s, out / f"seed_{s}", stages,
+                                      init_checkpoint=str(init) if init is not None else None)
+        if cfg_s.outliers.enabled:
+            from .outlier_pipeline import run_outliers
+
+            results[s] = results[s] + [r for r in run_outliers(
+                cfg_s, out / f"seed_{s}" / "outliers", out / f"seed_{s}" / "checkpoints" / "base.safetensors")
+                if r["model"] != "base"]
+    runs = [out / f"seed_{s}" for s in seeds]
+    write_report(runs + [r / "outliers" for r in runs if (r / "outliers" / "results.json").is_file()], out)
     return results
 
 
-def _run_with_selection(cfg: DemoConfig, out: Path, grid: Sequence[float], epochs: int) -> list[dict]:
-    """train → select keep ratio / ζ on validation data → UM, control, UMAP from the trained base."""
+def _run_with_selection(cfg: DemoConfig, out: Path, grid: Sequence[float], epochs: int,
+                        init: str | Path | None = None) -> list[dict]:
+    """train (or the ``init`` base) → select keep ratio / ζ on validation data → UM, control, UMAP."""
     import json
 
     from .pipeline import STAGES, load_checkpoint, prepare_data, run_pipeline
 
-    run_pipeline(cfg, out, ("train",))
-    train_summary = json.loads((out / "summary.json").read_text())
-    base_path = out / "checkpoints" / "base.safetensors"
+    if init is None:
+        run_pipeline(cfg, out, ("train",))
+        train_summary = json.loads((out / "summary.json").read_text())
+        base_path: str | Path = out / "checkpoints" / "base.safetensors"
+    else:
+        train_summary, base_path = {}, str(init)
     prep = prepare_data(cfg.data, ood_specs=["uniform"])  # ID splits + validation OOD; no test OOD set
     prep.ood = {}
     model, _ = load_checkpoint(base_path, prep.id.num_classes, cfg.model)

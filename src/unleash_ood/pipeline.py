@@ -380,9 +380,13 @@ def load_run_config(run_dir: Path) -> DemoConfig:
 
 def load_checkpoint(path: str | Path, num_classes: int | None = None,
                     fallback: ModelConfig | None = None) -> tuple[nn.Module, ModelConfig]:
-    """Build the model a checkpoint's metadata names (``fallback`` for a bare state_dict) and load it strictly."""
-    from .checkpoint import load_tensors
+    """Build the model a checkpoint's metadata names (``fallback`` for a bare state_dict) and load it strictly.
 
+    ``path`` may also be ``pytorch-ood:NAME``: resolved (cached, SHA-256 checked, converted) first."""
+    from .checkpoint import load_tensors
+    from .pretrained import resolve_checkpoint
+
+    path = resolve_checkpoint(path)
     _, meta = load_tensors(path)
     if "arch" in meta:
         model_cfg = ModelConfig(arch=meta["arch"], kwargs=meta.get("model_kwargs", {}))
@@ -409,7 +413,7 @@ def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Pa
     order = {name: i for i, name in enumerate(MODEL_ORDER)}
     for path in sorted(ck.glob("*.safetensors"), key=lambda p: (order.get(p.stem.removesuffix("_mask"), 99), p.stem)):
         name = path.stem
-        if name == "base" or name.startswith("base_epoch") or name.endswith("_selected"):
+        if name in ("base", "aux_subset") or name.startswith("base_epoch") or name.endswith("_selected"):
             continue
         if name.endswith("_mask"):  # a UMAP-style mask on the frozen base
             models[name[: -len("_mask")]] = (base, load_masks(path)[0])

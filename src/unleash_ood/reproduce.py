@@ -61,7 +61,7 @@ DEFAULTS = {
     "model": {"kwargs": {"width": 8}},
     "base": {"epochs": 20},
     "eval_every": 2,
-    "um": {"zeta_draws": 2, "optim": {"epochs": 5}},
+    "um": {"keep_ratio": 0.95, "zeta_draws": 2, "optim": {"epochs": 5}},  # the gallery's setting
     "umap": {"optim": {"epochs": 5}},
     "scores": ["MSP", "ODIN", "Energy"],
 }
