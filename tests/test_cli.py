@@ -165,3 +165,14 @@ def test_oe_command_and_eval_of_an_outlier_run(demo_run: Path, tmp_path: Path) -
     assert ev == 0
     again = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert {r["model"] for r in again} == {"base", "oe", "oe_umap", "energy", "energy_umap"}
+
+
+def test_demo_with_outliers_merges_the_tables(tmp_path: Path) -> None:
+    out = tmp_path / "demo_oe"
+    assert main(["demo", "--quick", "--with-outliers", "--out", str(out), *SMALL, "outliers.methods=[oe]",
+                 "outliers.withs=[none, um]", "outliers.aux_size=300"]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in records} == {"base", "um", "ce_finetune", "umap", "oe", "oe_um"}
+    assert {r["model"] for r in records if r["aux"]} == {"oe", "oe_um"}
+    assert "OE+UM (Energy)" in (out / "results.md").read_text() and "Energy+UMAP" in (out / "results.md").read_text()
+    assert "oe_um/Energy/digits" in np.load(out / "scores.npz") and "um/Energy/id" in np.load(out / "scores.npz")

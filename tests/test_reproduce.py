@@ -154,3 +154,9 @@ def test_fc_dropout_hook_keeps_the_architecture() -> None:
     torch.manual_seed(1)
     feats = model.features(model.normalize(x))
     assert not torch.allclose(model.fc(feats), plain.fc(feats))  # dropped features while training
+
+
+def test_build_config_from_a_paper_recipe() -> None:
+    cfg, _ = reproduce.build_config("keep-ratio", ["base.epochs=2"], recipe="cifar10_densenet100")
+    assert cfg.data.dataset == "cifar10" and cfg.model.arch == "densenet100" and cfg.base.epochs == 2
+    assert cfg.um.keep_ratio == 0.975

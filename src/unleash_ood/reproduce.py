@@ -798,11 +798,18 @@ RUNNERS: dict[str, Callable[[Context], dict]] = {
 # ----------------------------------------------------------------------------- entry points
 
 def build_config(name: str, overrides: list[str] = (), quick: bool = False,
-                 data_root: str | None = None) -> tuple[DemoConfig, dict]:
-    """The effective DemoConfig and analysis parameters (reproduction defaults < --quick < overrides)."""
+                 data_root: str | None = None, recipe: str | None = None) -> tuple[DemoConfig, dict]:
+    """The effective DemoConfig and analysis parameters (reproduction defaults — or a paper-scale
+    ``recipe`` — < --quick < overrides)."""
     if name not in PARAMS:
         raise UserError(f"unknown analysis {name!r}; choose from: {', '.join(ANALYSES)} (or 'all')")
-    data = _merge(copy.deepcopy(DEFAULTS), QUICK if quick else {})
+    if recipe is not None:
+        from .recipes import load_recipe
+
+        base = load_recipe(recipe, []).model_dump()
+    else:
+        base = copy.deepcopy(DEFAULTS)
+    data = _merge(base, QUICK if quick else {})
     params = {k: copy.deepcopy(v[1 if quick else 0]) for k, v in PARAMS[name].items()}
     demo_over, param_over = [], []
     for o in overrides:
@@ -819,9 +826,9 @@ def build_config(name: str, overrides: list[str] = (), quick: bool = False,
 
 
 def run_analysis(name: str, out: str | Path | None = None, overrides: list[str] = (), quick: bool = False,
-                 data_root: str | None = None, docs: str | Path | None = None) -> dict:
+                 data_root: str | None = None, docs: str | Path | None = None, recipe: str | None = None) -> dict:
     """Run one analysis; returns its summary (also written to ``out/summary.json``)."""
-    cfg, params = build_config(name, list(overrides), quick, data_root)
+    cfg, params = build_config(name, list(overrides), quick, data_root, recipe)
     out = Path(out) if out else Path("runs/reproduce") / name
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"analysis": name, "quick": quick, "params": params, "config": cfg.model_dump()})
@@ -847,7 +854,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         raise UserError(f"unknown analysis {args.name!r}; choose from: {', '.join(ANALYSES)} (or 'all')")
     for n in names:
         out = args.out if args.out and len(names) == 1 else (Path(args.out) / n if args.out else None)
-        run_analysis(n, out, args.overrides, args.quick, args.data_root, args.docs)
+        run_analysis(n, out, args.overrides, args.quick, args.data_root, args.docs, args.recipe)
 
 
 class _IntermixedParser(argparse.ArgumentParser):
@@ -876,6 +883,8 @@ def add_reproduce_parser(subparsers) -> None:
     r.add_argument("--quick", action="store_true", help="tiny smoke variant (seconds)")
     r.add_argument("--data-root", help="folder with the Fashion-MNIST files")
     r.add_argument("--docs", help="also copy the PNGs into this folder (e.g. docs/gallery)")
+    r.add_argument("--recipe", help="paper scale: start from a recipe's config (e.g. cifar10_densenet100) "
+                                    "instead of the embedded default")
     r.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides (as for demo) and analysis.KEY=VALUE parameters")
     r.set_defaults(func=cmd_reproduce)
