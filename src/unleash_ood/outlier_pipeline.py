@@ -13,14 +13,13 @@ import torch
 from torch import nn
 
 from .checkpoint import save_masks, save_model, save_tensors
-from . import runtime
 from .config import DemoConfig
 from .data.auxiliary import aux_record_json, check_aux_overlap, load_aux_pool
 from .data.ood import AUX_MIX, AUX_PICTURES
 from .data.transforms import random_shift_flip
 from .errors import UserError
 from .methods.outlier_training import METHODS, WITHS, check_method, finetune_with_outliers, run_name
-from .pipeline import (evaluate_models, load_checkpoint, model_meta, prepare_data, resolve_zeta, say,
+from .pipeline import (evaluate_models, model_meta, resolve_zeta, say, start_run,
                        validation_metrics, write_outputs)
 from .report import write_json
 from .train import OptimConfig
@@ -68,17 +67,9 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
         raise UserError(f"aux_size must be ≥ 1, got {aux_size}")
     aux_spec = aux
     check_aux_overlap(aux_spec, cfg.data.ood, cfg.data.data_root, cfg.data.dataset)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    prep = prepare_data(cfg.data)
-    base, model_cfg = load_checkpoint(base_checkpoint, prep.id.num_classes, fallback=cfg.model)
-    cfg = cfg.model_copy(update={"model": model_cfg})
-    rt = runtime.setup(cfg.runtime.device, cfg.runtime.amp, cfg.runtime.compile)  # as run_pipeline
-    base = runtime.place(base, rt)
-    out = runtime.output_dir(out)  # under torchrun only rank 0 writes into the run directory
+    cfg, prep, base, out = start_run(cfg, out_dir, base_checkpoint)
     meta = model_meta(cfg.model, prep.id, "base")
     write_json(out / "config.json", cfg.model_dump())
     save_model(out / "checkpoints" / "base.safetensors", base, meta)

@@ -248,6 +248,24 @@ def write_outputs(out: Path, records: list[dict], flat: dict, by_model: dict, no
                                   out / "plots" / f"score_hist_{score.lower()}.png", models)
 
 
+def start_run(cfg: DemoConfig, out_dir: str | Path, init_checkpoint: str | Path | None = None,
+              ) -> tuple[DemoConfig, Prepared, nn.Module, Path]:
+    """What every run starts with: seed, data, the model (built, or loaded from ``init_checkpoint`` —
+    its architecture then replaces ``cfg.model``), the one device decision, the output directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    prep = prepare_data(cfg.data)
+    if init_checkpoint is not None:
+        model, model_cfg = load_checkpoint(init_checkpoint, prep.id.num_classes, fallback=cfg.model)
+        cfg = cfg.model_copy(update={"model": model_cfg})
+    else:
+        model = build(cfg.model, prep.id.num_classes)
+    rt = runtime.setup(cfg.runtime.device, cfg.runtime.amp, cfg.runtime.compile)
+    model = runtime.place(model, rt)  # moved once; batches follow it (to_model_input)
+    return cfg, prep, model, runtime.output_dir(out)  # under torchrun only rank 0 writes there
+
+
 STAGES = ("train", "um", "control", "umap")
 
 
@@ -263,20 +281,9 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] =
         raise UserError(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
     if "train" not in stages and init_checkpoint is None:
         raise UserError("without the train stage a base checkpoint is needed (--checkpoint)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    prep = prepare_data(cfg.data)
-    if init_checkpoint is not None:
-        model, model_cfg = load_checkpoint(init_checkpoint, prep.id.num_classes, fallback=cfg.model)
-        cfg = cfg.model_copy(update={"model": model_cfg})
-    else:
-        model = build(cfg.model, prep.id.num_classes)
-    rt = runtime.setup(cfg.runtime.device, cfg.runtime.amp, cfg.runtime.compile)  # the one device decision
-    model = runtime.place(model, rt)  # moved once; batches follow it (to_model_input)
-    out = runtime.output_dir(out)  # under torchrun only rank 0 writes into the run directory
+    timings: dict[str, float] = {}
+    cfg, prep, model, out = start_run(cfg, out_dir, init_checkpoint)
     meta = model_meta(cfg.model, prep.id, "base")
     write_json(out / "config.json", cfg.model_dump())
     timings["data"] = time.perf_counter() - t0
