@@ -9,16 +9,28 @@ import pytest
 import torch
 
 from unleash_ood.errors import UserError
-from unleash_ood.evaluate import TensorBatches, collect_outputs, evaluate, odin_scores
-from unleash_ood.scores import Mahalanobis, energy_score, max_logit_score, msp_score, odin_score
+from unleash_ood.detectors import FitData, build_detector
+from unleash_ood.evaluate import TensorBatches, collect_outputs, evaluate, input_scores
+from unleash_ood.scores import energy_score, max_logit_score, msp_score, odin_score
 
 E = math.e
 LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [-1.0, 4.0, 0.5]], dtype=torch.float64)
 
 
 def test_msp_by_hand() -> None:
+    """MSP is reported as log max-softmax (float64): the same ranking as the probability."""
     expected = [E**3 / (E + E**2 + E**3), 1 / 3, E**4 / (E**-1 + E**4 + E**0.5)]
-    assert msp_score(LOGITS).tolist() == pytest.approx(expected, rel=1e-12)
+    assert msp_score(LOGITS).exp().tolist() == pytest.approx(expected, rel=1e-12)
+    assert msp_score(LOGITS).tolist() == pytest.approx([math.log(p) for p in expected], rel=1e-12)
+
+
+def test_msp_does_not_tie_for_large_margins() -> None:
+    """A float32 softmax saturates to exactly 1.0 at margins above ≈17; the log-space MSP keeps the order."""
+    logits = torch.tensor([[0.0, 20.0], [0.0, 30.0], [0.0, 45.0], [0.0, 80.0]], dtype=torch.float32)
+    assert logits.softmax(1).amax(1).unique().numel() == 1  # the old float32 MSP: a four-way tie
+    got = msp_score(logits)
+    assert (got.diff() > 0).all()
+    assert got[-1].item() == pytest.approx(-math.exp(-80.0), rel=1e-9)
 
 
 def test_max_logit_by_hand() -> None:
@@ -53,7 +65,7 @@ def test_odin_epsilon_zero_is_tempered_msp(trained_cnn, fmnist_small) -> None:
     for temperature in (1.0, 1000.0):
         got = odin_score(trained_cnn, x, temperature=temperature, epsilon=0.0)
         with torch.no_grad():
-            expected = (trained_cnn(x) / temperature).softmax(1).amax(1)
+            expected = (trained_cnn(x) / temperature).double().softmax(1).amax(1).log()
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
 
 
@@ -71,7 +83,7 @@ def test_odin_perturbation_raises_id_scores(trained_cnn, fmnist_small) -> None:
 def test_odin_scores_over_batches_restore_mode(trained_cnn, fmnist_small) -> None:
     x = fmnist_small[2][:100]
     trained_cnn.train()
-    got = odin_scores(trained_cnn, TensorBatches(x, batch_size=33), epsilon=0.001)
+    got = input_scores(trained_cnn, TensorBatches(x, batch_size=33), build_detector("ODIN", {"epsilon": 0.001}))
     assert trained_cnn.training
     trained_cnn.eval()
     expected = odin_score(trained_cnn, x, epsilon=0.001).numpy()
@@ -91,39 +103,46 @@ def _clusters(seed: int = 0):
     return feats, labels
 
 
+def _fit_mahalanobis(feats, labels, num_classes: int = 3):
+    """A fitted Mahalanobis detector on given features (a dummy classifier of ``num_classes`` rows)."""
+    maha = build_detector("Mahalanobis")
+    maha.fit(FitData(logits=None, features=torch.as_tensor(feats, dtype=torch.float32), labels=torch.as_tensor(labels),
+                     weight=torch.zeros(num_classes, feats.shape[1]), bias=None))
+    return maha
+
+
 def test_mahalanobis_fit_and_score_by_hand() -> None:
     feats, labels = _clusters()
-    maha = Mahalanobis.fit(torch.tensor(feats, dtype=torch.float32), torch.tensor(labels), 3)
+    maha = _fit_mahalanobis(feats, labels)
     means = np.stack([feats[labels == c].mean(0) for c in range(3)])
-    np.testing.assert_allclose(maha.means.numpy(), means, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(maha.stats["means"].numpy(), means, rtol=1e-5, atol=1e-5)
     centered = feats - means[labels]
     precision = np.linalg.pinv(centered.T @ centered / len(feats))
-    np.testing.assert_allclose(maha.precision.numpy(), precision, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(maha.stats["precision"].numpy(), precision, rtol=1e-4, atol=1e-4)
 
     queries = np.random.default_rng(1).normal(2.0, 4.0, size=(50, 4))
     diffs = queries[:, None, :] - means[None]
     dist = np.einsum("ncd,de,nce->nc", diffs, precision, diffs)
     expected = -dist.min(1)
-    got = maha(torch.tensor(queries, dtype=torch.float32)).numpy()
+    got = maha.score(None, torch.tensor(queries, dtype=torch.float32)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
 
 
 def test_mahalanobis_near_means_score_higher() -> None:
     feats, labels = _clusters()
-    maha = Mahalanobis.fit(torch.tensor(feats), torch.tensor(labels), 3)
-    near = maha.means + 0.01
-    far = maha.means + 25.0
-    near_s, far_s = maha(near), maha(far)
+    maha = _fit_mahalanobis(feats, labels)
+    means = maha.stats["means"]
+    near_s, far_s = maha.score(None, means + 0.01), maha.score(None, means + 25.0)
     assert (near_s > -0.1).all()
     assert near_s.min() > far_s.max()
     # exactly at a class mean the distance is zero
-    torch.testing.assert_close(maha(maha.means), torch.zeros(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(maha.score(None, means), torch.zeros(3), atol=1e-4, rtol=0)
 
 
 def test_mahalanobis_needs_all_classes() -> None:
     feats, labels = _clusters()
     with pytest.raises(UserError, match="all 4 classes"):
-        Mahalanobis.fit(torch.tensor(feats), torch.tensor(labels), 4)
+        _fit_mahalanobis(feats, labels, num_classes=4)
 
 
 # ------------------------------------------------------------------------------------ evaluation pass
@@ -161,7 +180,8 @@ def test_evaluate_arrays_accuracy_and_mean_row(trained_cnn, fmnist_small) -> Non
     }
     id_test = TensorBatches(x_test[:150], y_test[:150], batch_size=64)
     ev = evaluate(trained_cnn, id_test, ood_sets, train=TensorBatches(x_train, y_train, batch_size=128),
-                  num_classes=10, odin_epsilon=0.001)
+                  num_classes=10,
+                  scores=["MSP", build_detector("ODIN", {"epsilon": 0.001}), "Mahalanobis", "Energy", "MaxLogit"])
     assert list(ev.scores) == ["id", "noise", "flipped"]
     sizes = {"id": 150, "noise": 70, "flipped": 90}
     for ds, by_score in ev.scores.items():
@@ -174,7 +194,7 @@ def test_evaluate_arrays_accuracy_and_mean_row(trained_cnn, fmnist_small) -> Non
     manual_acc = 100.0 * float((logits.argmax(1) == y_test[:150]).float().mean())
     assert ev.id_acc == pytest.approx(manual_acc)
     assert ev.id_acc > 50  # 2 epochs on 512 images: well above chance (10%)
-    np.testing.assert_allclose(ev.scores["id"]["MSP"], logits.softmax(1).amax(1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.exp(ev.scores["id"]["MSP"]), logits.softmax(1).amax(1).numpy(), rtol=1e-5)
     np.testing.assert_allclose(ev.scores["id"]["Energy"], torch.logsumexp(logits, 1).numpy(), rtol=1e-5)
 
     rows = ev.records("cnn")

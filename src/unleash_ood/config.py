@@ -8,7 +8,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from .data.ood import BUILTIN_OOD
 from .errors import UserError
-from .scores import ALL_SCORES
+from .detectors import DEFAULT_SCORES, check_names
 from .train import OptimConfig
 
 
@@ -138,17 +138,14 @@ class DemoConfig(_Strict):
     umap: UMAPConfig = Field(default_factory=UMAPConfig)
     control: bool = True
     outliers: OutlierConfig = Field(default_factory=OutlierConfig)
-    scores: list[str] = Field(default_factory=lambda: list(ALL_SCORES))
+    scores: list[str] = Field(default_factory=lambda: list(DEFAULT_SCORES))
     seed: int = Field(0, ge=0)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("scores", "track_scores")
     @classmethod
     def _scores(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if s not in ALL_SCORES]
-        if bad:
-            raise ValueError(f"unknown score(s) {bad}; choose from {list(ALL_SCORES)}")
-        return v
+        return check_names(v)
 
 
 def quick(cfg: DemoConfig) -> DemoConfig:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .errors import UserError
 from .metrics import accuracy, ood_metrics
-from .scores import ALL_SCORES, LOGIT_SCORES, Mahalanobis, odin_score
+from .detectors import DEFAULT_SCORES, Detector, FitData, build_detector
 
 
 class TensorBatches:
@@ -112,50 +112,59 @@ def collect_outputs(model: nn.Module, batches: Iterable, desc: str | None = None
     return Outputs(torch.cat(logits), torch.cat(feats), torch.cat(labels) if labels else None)
 
 
-def odin_scores(model: nn.Module, batches: Iterable, temperature: float = 1000.0, epsilon: float = 0.0014,
-                desc: str | None = None) -> np.ndarray:
-    """ODIN scores over ``batches`` (its own gradient pass)."""
+def classifier_params(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The classifier's effective weight and bias (masked, where a mask is applied), detached on the CPU."""
+    layer = classifier_layer(model)
+    bias = layer.bias.detach().float().cpu() if layer.bias is not None else None
+    return layer.weight.detach().float().cpu(), bias
+
+
+def make_detectors(scores: Iterable[str | Detector]) -> list[Detector]:
+    """Fresh, unfitted detectors: names are built with their defaults, instances are copied (never their fit)."""
+    out = []
+    for s in scores:
+        if isinstance(s, Detector):
+            out.append(type(s)(**s.config()))
+        else:
+            out.append(build_detector(s))
+    if len({d.name for d in out}) != len(out):
+        raise UserError(f"a score is listed twice: {[d.name for d in out]}")
+    return out
+
+
+def fit_detectors(model: nn.Module, detectors: list[Detector], train: Iterable | None = None) -> Outputs | None:
+    """Fit every detector on the network as it is used: one pass over ``train`` (only if one needs it)
+    and the effective classifier layer. Returns the training outputs of that pass (or None)."""
+    weight, bias = classifier_params(model)
+    out = None
+    if any(d.needs_fit for d in detectors):
+        if train is None:
+            need = [d.name for d in detectors if d.needs_fit]
+            raise UserError(f"{', '.join(need)} need(s) the training batches to fit on")
+        out = collect_outputs(model, train, desc="fit detectors")
+    data = FitData(logits=out.logits if out else None, features=out.features if out else None,
+                   labels=out.labels if out else None, weight=weight, bias=bias)
+    for d in detectors:
+        d.fit(data)
+    return out
+
+
+def score_outputs(outputs: Outputs, detectors: Iterable[str | Detector]) -> dict[str, np.ndarray]:
+    """Every score that is a function of one forward pass (all but ODIN), from that pass's outputs."""
+    dets = [build_detector(d) if isinstance(d, str) else d for d in detectors]
+    return {d.name: d.score(outputs.logits, outputs.features).cpu().numpy() for d in dets if not d.needs_inputs}
+
+
+def input_scores(model: nn.Module, batches: Iterable, detector: Detector, desc: str | None = None) -> np.ndarray:
+    """A detector's scores from the inputs themselves (ODIN: its own gradient pass)."""
     was_training = model.training
     model.eval()
     try:
-        out = [odin_score(model, to_model_input(split_batch(b)[0], model), temperature, epsilon).cpu()
+        out = [detector.score_inputs(model, to_model_input(split_batch(b)[0], model)).cpu()
                for b in tqdm(batches, desc=desc, leave=False, disable=desc is None)]
     finally:
         model.train(was_training)
     return torch.cat(out).numpy()
-
-
-def fit_mahalanobis(model: nn.Module, train_batches: Iterable, num_classes: int) -> Mahalanobis:
-    """Fit class means and tied covariance on the training set's penultimate features."""
-    out = collect_outputs(model, train_batches, desc="fit Mahalanobis")
-    if out.labels is None:
-        raise UserError("Mahalanobis needs labelled training batches (x, y)")
-    return Mahalanobis.fit(out.features, out.labels, num_classes)
-
-
-def score_outputs(outputs: Outputs, scores: Iterable[str], mahalanobis: Mahalanobis | None = None,
-                  energy_temperature: float = 1.0) -> dict[str, np.ndarray]:
-    """Every logit/feature score from one forward pass's outputs."""
-    result = {}
-    for name in scores:
-        if name == "Energy":
-            result[name] = LOGIT_SCORES[name](outputs.logits, energy_temperature).numpy()
-        elif name in LOGIT_SCORES:
-            result[name] = LOGIT_SCORES[name](outputs.logits).numpy()
-        elif name == "Mahalanobis":
-            if mahalanobis is None:
-                raise UserError("Mahalanobis score requested but not fitted (pass train data)")
-            result[name] = mahalanobis(outputs.features).numpy()
-    return result
-
-
-def check_scores(scores: Iterable[str]) -> list[str]:
-    """Validate score names."""
-    scores = list(scores)
-    bad = [s for s in scores if s not in ALL_SCORES]
-    if bad:
-        raise UserError(f"unknown score(s) {bad}; choose from {', '.join(ALL_SCORES)}")
-    return scores
 
 
 @dataclass
@@ -179,18 +188,18 @@ class Evaluation:
 
 
 def evaluate(model: nn.Module, id_test: Iterable, ood_sets: dict[str, Iterable],
-             scores: Iterable[str] = ALL_SCORES, train: Iterable | None = None, num_classes: int | None = None,
-             odin_temperature: float = 1000.0, odin_epsilon: float = 0.0014) -> Evaluation:
-    """Score the labelled ID test batches and each OOD set with every requested score.
+             scores: Iterable[str | Detector] = DEFAULT_SCORES, train: Iterable | None = None,
+             num_classes: int | None = None) -> Evaluation:
+    """Score the labelled ID test batches and each OOD set with every requested detector.
 
-    ``train`` (labelled batches) and ``num_classes`` are needed for Mahalanobis only.
+    Detectors are fitted here, on ``model`` as it is (masks included), from one pass over ``train``
+    (labelled batches; needed by the feature detectors). ``num_classes``, if given, is checked
+    against the classifier.
     """
-    scores = check_scores(scores)
-    maha = None
-    if "Mahalanobis" in scores:
-        if train is None or num_classes is None:
-            raise UserError("Mahalanobis needs the training batches and num_classes")
-        maha = fit_mahalanobis(model, train, num_classes)
+    detectors = make_detectors(scores)
+    if num_classes is not None and classifier_params(model)[0].shape[0] != num_classes:
+        raise UserError(f"the classifier has {classifier_params(model)[0].shape[0]} outputs, not {num_classes}")
+    fit_detectors(model, detectors, train)
     result: dict[str, dict[str, np.ndarray]] = {}
     id_acc = float("nan")
     for name, batches in {"id": id_test, **ood_sets}.items():
@@ -199,8 +208,9 @@ def evaluate(model: nn.Module, id_test: Iterable, ood_sets: dict[str, Iterable],
             if out.labels is None:
                 raise UserError("the ID test batches must carry labels (x, y)")
             id_acc = accuracy(out.logits.numpy(), out.labels.numpy())
-        result[name] = score_outputs(out, scores, maha)
-        if "ODIN" in scores:
-            result[name]["ODIN"] = odin_scores(model, batches, odin_temperature, odin_epsilon, desc=f"ODIN {name}")
-        result[name] = {s: result[name][s] for s in scores}
+        by_score = score_outputs(out, detectors)
+        for d in detectors:
+            if d.needs_inputs:
+                by_score[d.name] = input_scores(model, batches, d, desc=f"{d.name} {name}")
+        result[name] = {d.name: by_score[d.name] for d in detectors}
     return Evaluation(scores=result, id_acc=id_acc)

@@ -1,23 +1,27 @@
 """OOD scores, all "higher = more in-distribution".
 
-Logit scores (MSP, MaxLogit, Energy) and feature scores (Mahalanobis) are computed from ONE
-forward pass per dataset; ODIN needs its own gradient pass over the inputs.
+The formulas of the logit scores; :mod:`unleash_ood.detectors` wraps them (and the feature scores)
+behind one protocol. ODIN needs its own gradient pass over the inputs.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-
 
 def msp_score(logits: torch.Tensor) -> torch.Tensor:
-    """Maximum softmax probability (Hendrycks & Gimpel, 2017)."""
-    return logits.softmax(1).amax(1)
+    """Maximum softmax probability (Hendrycks & Gimpel, 2017), as its logarithm in float64.
+
+    ``log p_max = −log1p(Σ_{c≠ŷ} exp(z_c − z_ŷ))``: a monotone transform of MSP (same ranking, same
+    metrics) that does not saturate. A float32 softmax rounds to exactly 1.0 once the margin exceeds
+    ≈17, so a confident model's ID and OOD samples would tie.
+    """
+    z = logits.double()
+    top = z.argmax(1, keepdim=True)
+    others = torch.exp(z - z.gather(1, top)).scatter(1, top, 0.0)
+    return -torch.log1p(others.sum(1))
 
 
 def max_logit_score(logits: torch.Tensor) -> torch.Tensor:
@@ -28,10 +32,6 @@ def max_logit_score(logits: torch.Tensor) -> torch.Tensor:
 def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Negative free energy ``T · logsumexp(z / T)`` (Liu et al., 2020)."""
     return temperature * torch.logsumexp(logits / temperature, dim=1)
-
-
-LOGIT_SCORES = {"MSP": msp_score, "MaxLogit": max_logit_score, "Energy": energy_score}
-ALL_SCORES = ("MSP", "ODIN", "Mahalanobis", "Energy", "MaxLogit")
 
 
 def odin_score(model: nn.Module, x: torch.Tensor, temperature: float = 1000.0,
@@ -46,31 +46,3 @@ def odin_score(model: nn.Module, x: torch.Tensor, temperature: float = 1000.0,
     (grad,) = torch.autograd.grad(loss, x)
     with torch.no_grad():
         return msp_score(model(x - epsilon * grad.sign()) / temperature)
-
-
-@dataclass
-class Mahalanobis:
-    """Class-conditional Gaussians with a tied covariance on penultimate features (Lee et al., 2018).
-
-    Score = −min_c (f − μ_c)ᵀ Σ⁻¹ (f − μ_c). This is the penultimate-layer variant (as in OpenOOD),
-    without input preprocessing or the multi-layer logistic-regression combiner of the original paper.
-    """
-
-    means: torch.Tensor  # C × D
-    precision: torch.Tensor  # D × D
-
-    @classmethod
-    def fit(cls, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Mahalanobis:
-        features = features.double()
-        present = labels.unique()
-        if len(present) != num_classes:
-            raise UserError(f"Mahalanobis fit needs samples of all {num_classes} classes, got {len(present)}")
-        means = torch.stack([features[labels == c].mean(0) for c in range(num_classes)])
-        centered = features - means[labels]
-        cov = centered.T @ centered / len(features)
-        return cls(means=means.float(), precision=torch.linalg.pinv(cov, hermitian=True).float())
-
-    def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        diff = features.float().unsqueeze(1) - self.means.to(features.device).unsqueeze(0)  # N × C × D
-        dist = torch.einsum("ncd,de,nce->nc", diff, self.precision.to(features.device), diff)
-        return -dist.amin(1)

@@ -1,0 +1,116 @@
+"""The detector protocol: every OOD score is a small object with a name and its hyperparameters.
+
+- ``fit(FitData)`` gets the logits and penultimate features of ONE pass over the ID training set and the
+  classifier's *effective* weight and bias (with a UMAP mask applied, the masked ones). Detectors that need
+  no statistics still receive it (some keep the classifier weights).
+- ``score(logits, features)`` maps one shared forward pass to "higher = more in-distribution".
+- ``state_dict()`` / ``load_state_dict()`` carry every fitted statistic as tensors (saved as safetensors).
+
+ODIN is the one detector with its own gradient pass over the inputs (``needs_inputs``).
+One registry (``DETECTORS``) serves config validation, the CLI, the reports and the Python API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import UserError
+
+
+class Params(BaseModel):
+    """A detector's hyperparameters (none by default). Subclasses add validated fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class FitData:
+    """What ``fit`` sees: one eval-mode pass over the ID training set, and the effective classifier layer."""
+
+    logits: torch.Tensor | None  # N × C (None when no detector needs the training pass)
+    features: torch.Tensor | None  # N × D (the classifier's input)
+    labels: torch.Tensor | None  # N
+    weight: torch.Tensor  # C × D (masked, where a mask is applied)
+    bias: torch.Tensor | None  # C
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0]
+
+
+class Detector:
+    """Base class: a name, validated hyperparameters, optional fitted statistics."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]] = Params
+    needs_fit: ClassVar[bool] = False  # needs training statistics (else fit only keeps the classifier)
+    needs_inputs: ClassVar[bool] = False  # scores from inputs with its own pass (ODIN)
+
+    def __init__(self, **params: Any) -> None:
+        try:
+            self.params = self.Params(**params)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise UserError(f"invalid config: scores.{self.name}.{key}: {err['msg']}") from None
+        self.stats: dict[str, torch.Tensor] = {}
+        self.fitted = False
+
+    def fit(self, data: FitData) -> Detector:
+        """Compute the statistics this detector needs; the default keeps nothing."""
+        self.fitted = True
+        return self
+
+    def score(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_fitted(self) -> None:
+        if self.needs_fit and not self.fitted:
+            raise UserError(f"{self.name} must be fitted on the training set before scoring")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.stats)
+
+    def load_state_dict(self, stats: dict[str, torch.Tensor]) -> Detector:
+        self.stats = {k: v.clone() for k, v in stats.items()}
+        self.fitted = True
+        return self
+
+    def config(self) -> dict[str, Any]:
+        return self.params.model_dump()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+DETECTORS: dict[str, type[Detector]] = {}
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: add a detector to the one registry under its ``name``."""
+    DETECTORS[cls.name] = cls
+    return cls
+
+
+def build_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
+    """A fresh (unfitted) detector by registry name."""
+    if name not in DETECTORS:
+        raise UserError(f"unknown score {name!r}; choose from {', '.join(DETECTORS)}")
+    return DETECTORS[name](**(params or {}))
+
+
+def check_names(names: list[str]) -> list[str]:
+    """Validate score names against the registry (config validators raise ValueError)."""
+    bad = [n for n in names if n not in DETECTORS]
+    if bad:
+        raise ValueError(f"unknown score(s) {bad}; choose from {list(DETECTORS)}")
+    return names
+
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,0 +1,62 @@
+"""Detectors on the logits alone: MSP, MaxLogit, Energy, and ODIN (its own gradient pass)."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..scores import energy_score, max_logit_score, msp_score, odin_score
+from .base import Detector, Params, register
+
+
+@register
+class MSP(Detector):
+    """Maximum softmax probability (Hendrycks & Gimpel, 2017); float64 log-space, so it never ties."""
+
+    name = "MSP"
+
+    def score(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return msp_score(logits)
+
+
+@register
+class MaxLogit(Detector):
+    """Maximum logit (Hendrycks et al., 2022)."""
+
+    name = "MaxLogit"
+
+    def score(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return max_logit_score(logits)
+
+
+class EnergyParams(Params):
+    temperature: float = Field(1.0, gt=0)
+
+
+@register
+class Energy(Detector):
+    """Negative free energy ``T · logsumexp(z / T)`` (Liu et al., 2020)."""
+
+    name = "Energy"
+    Params = EnergyParams
+
+    def score(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return energy_score(logits, self.params.temperature)
+
+
+class ODINParams(Params):
+    temperature: float = Field(1000.0, gt=0)
+    epsilon: float = Field(0.0014, ge=0)
+
+
+@register
+class ODIN(Detector):
+    """ODIN (Liang et al., 2018): temperature scaling + a small input step; its own gradient pass."""
+
+    name = "ODIN"
+    Params = ODINParams
+    needs_inputs = True
+
+    def score_inputs(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return odin_score(model, x, self.params.temperature, self.params.epsilon)
