@@ -15,7 +15,7 @@ from torch import nn
 from .checkpoint import save_masks, save_model, save_tensors
 from .config import DemoConfig
 from .data.auxiliary import aux_record_json, check_aux_overlap, load_aux_pool
-from .data.ood import AUX_MIX, AUX_PICTURES
+from .data.auxpool import AUX_MIX, AUX_PICTURES
 from .data.transforms import random_shift_flip
 from .errors import UserError
 from .methods.outlier_training import METHODS, WITHS, check_method, finetune_with_outliers, run_name

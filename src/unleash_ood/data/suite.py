@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..errors import UserError
 from .cifar import cifar_present, data_root, download_cifar, load_cifar
-from .ood import _image_files, _pil_to_array, to_image_format
+from .images import image_files, pil_to_array, to_image_format
 
 SUITE_SIZE = 32
 VALIDATION_SETS = ("tinyimagenet",)
@@ -113,7 +113,7 @@ def _check_name(name: str, id_dataset: str | None, allow_validation: bool) -> Su
 def find_folder(s: SuiteSet, root: Path) -> Path | None:
     for rel in s.folders:
         p = root / rel
-        if p.is_dir() and next(iter(_image_files(p)), None) is not None:
+        if p.is_dir() and next(iter(image_files(p)), None) is not None:
             return p
     return None
 
@@ -249,14 +249,14 @@ def load_suite_set(name: str, root: str | Path | None = None, image_shape: tuple
         images = np.transpose(images, (3, 0, 1, 2))
         return to_image_format(images[_subset(len(images), n, seed)], image_shape, source=str(path))
     folder = find_folder(s, r)
-    files = _image_files(folder)
+    files = image_files(folder)
     files = [files[i] for i in _subset(len(files), n, seed)]
     out = torch.empty((len(files), *image_shape), dtype=torch.float32)
     for i, path in enumerate(files):
         try:
             with Image.open(path) as im:
                 im.load()
-                arr = _pil_to_array(im)
+                arr = pil_to_array(im)
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             raise UserError(f"cannot read image file {path}: {e}") from None
         out[i] = to_image_format(resize_center_crop(arr)[None], image_shape, source=str(path))[0]
