@@ -66,7 +66,7 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
     if aux_size < 1:
         raise UserError(f"aux_size must be ≥ 1, got {aux_size}")
     aux_spec = aux
-    check_aux_overlap(aux_spec, cfg.data.ood, cfg.data.data_root, cfg.data.dataset)
+    check_aux_overlap(aux_spec, cfg.data.ood_specs(), cfg.data.data_root, cfg.data.dataset)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     cfg, prep, base, out = start_run(cfg, out_dir, base_checkpoint)

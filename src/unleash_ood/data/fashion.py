@@ -27,18 +27,26 @@ HOW_TO_GET = (
 )
 
 
+def parse_idx(raw: bytes, source: str) -> np.ndarray:
+    """Parse the bytes of an IDX file (uint8 data) into an array; ``source`` names it in errors."""
+    try:
+        ndim = raw[3]
+        dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        return data.reshape(dims)
+    except (ValueError, IndexError) as e:
+        raise UserError(f"corrupt dataset file {source}: {e}") from None
+
+
 def _read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a uint8 array."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-        ndim = raw[3]
-        dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-        return data.reshape(dims)
-    except (OSError, EOFError, ValueError, IndexError) as e:
+    except (OSError, EOFError) as e:
         raise UserError(f"corrupt dataset file {path}: {e}") from None
+    return parse_idx(raw, str(path))
 
 
 def _find_files(directory: Path, train: bool) -> tuple[Path, Path] | None:

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import UserError
-from .builtin import BUILTIN, Request, Sources, builtin_group, check_group, load_builtin
+from .builtin import BUILTIN, GROUPS, Request, Sources, builtin_group, check_group, load_builtin
 from .images import (IMAGE_EXTENSIONS, check_count, check_image_shape, check_seed, image_files, read_image,
                      to_image_format)
 
@@ -126,6 +126,7 @@ def config_groups(near: Sequence[str] | None, far: Sequence[str] | None, ood: Se
     near = DEFAULT_NEAR if near is None else near
     far = DEFAULT_FAR if far is None else far
     pairs = group_specs({"near": near, "far": [*far, *ood]}, suite_names=uses_suite(dataset=dataset))
+    pairs.sort(key=lambda pair: GROUPS.index(pair[1]))  # near first; stable otherwise
     if not pairs:
         raise UserError("no OOD sets: list at least one under data.near, data.far or data.ood")
     return pairs

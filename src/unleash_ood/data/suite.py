@@ -6,7 +6,7 @@ recursively; a few conventional alternative folders are also accepted, see ``SUI
 brought to 32×32 with the literature's ``Resize(32)`` (shorter side to 32, bilinear, antialiased) +
 ``CenterCrop(32)``; sets distributed at 32×32 (LSUN, LSUN-resize, iSUN, TinyImageNet crop) pass through
 unchanged. CIFAR and SVHN are read from torchvision's on-disk layout. Everything is returned through
-:func:`unleash_ood.data.ood.to_image_format`, i.e. float32 N×C×H×W in [0, 1] in the ID format.
+:func:`unleash_ood.data.images.to_image_format`, i.e. float32 N×C×H×W in [0, 1] in the ID format.
 
 Name clash: ``textures`` here is DTD (Cimpoi et al.), whereas the embedded default's built-in
 ``textures`` is a set of scikit-image picture crops. Suite names are resolved only for 32×32 RGB
@@ -302,26 +302,29 @@ def resolve_specs(specs: Sequence[str], dataset: str, root: str | Path | None, c
 
 
 def load_ood_sets(specs: Sequence[str], dataset: str, root: str | Path | None, image_shape: tuple[int, int, int],
-                  n: int | None = None, seed: int = 0, download: bool = False) -> dict[str, torch.Tensor]:
-    """Like :func:`unleash_ood.data.ood.load_ood_suite`, but for CIFAR ID data suite names (``svhn``,
+                  n: int | None = None, seed: int = 0, download: bool = False,
+                  heldout: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Like :func:`unleash_ood.data.specs.load_ood_suite`, but for CIFAR ID data suite names (``svhn``,
     ``textures`` = DTD, …) load the suite sets (a subset of at most ``n``); all other specs (built-ins
     for non-CIFAR data, ``npz:``, ``folder:``) go to ``load_ood_suite``. Missing suite sets fail together
-    before anything is loaded."""
-    from .ood import load_ood_suite
+    before anything is loaded. ``heldout``: the open-set protocol's held-out test images (``heldout-classes``)."""
+    from .builtin import Sources
+    from .specs import load_ood_suite
 
+    sources = Sources(str(root) if root else None, download, heldout)
     if not uses_suite(dataset=dataset):
-        return load_ood_suite(list(specs), image_shape, seed=seed, n=n or 2000)
+        return load_ood_suite(list(specs), image_shape, seed=seed, n=n or 2000, sources=sources)
     names = [s.strip().lower() for s in specs if is_suite_name(s)]
     check_available(names, root, id_dataset=dataset, download=download)
     others = [s for s in specs if not is_suite_name(s)]
-    loaded = load_ood_suite(others, image_shape, seed=seed, n=n or 2000) if others else {}
+    loaded = load_ood_suite(others, image_shape, seed=seed, n=n or 2000, sources=sources) if others else {}
     out: dict[str, torch.Tensor] = {}
     for s in specs:
         if is_suite_name(s):
             key = s.strip().lower()
             out[key] = load_suite_set(key, root, image_shape, n=n, seed=seed, id_dataset=dataset)
         else:
-            from .ood import ood_name
+            from .specs import ood_name
 
             name = ood_name(s)
             if name in out:
