@@ -109,9 +109,9 @@ def _is_val_family(family: str) -> bool:
 
 def split_fonts(fonts: Sequence[GlyphFont]) -> dict[str, list[GlyphFont]]:
     """``{"test": [...], "val": [...]}`` by family-name hash; with two families or more neither side is
-    empty (the family closest to the threshold moves over)."""
+    empty (the family closest to the threshold moves over); a single family is all test."""
     families = sorted({f.family.lower() for f in fonts})
-    val = {f for f in families if _is_val_family(f)}
+    val = {f for f in families if _is_val_family(f)} if len(families) > 1 else set()  # one: the test set's
     if len(families) > 1 and (not val or val == set(families)):
         closest = min(families if not val else val,
                       key=lambda f: abs(int.from_bytes(hashlib.sha256(f.encode()).digest()[:8], "big")
@@ -121,30 +121,32 @@ def split_fonts(fonts: Sequence[GlyphFont]) -> dict[str, list[GlyphFont]]:
             "val": [f for f in fonts if f.family.lower() in val]}
 
 
-def _affine(rng: np.random.Generator, glyph_size: tuple[int, int], canvas: tuple[int, int]) -> tuple[float, ...]:
-    """PIL AFFINE data mapping canvas pixels back into the glyph image (inverse of the random jitter)."""
-    gw, gh = glyph_size
-    cw, ch = canvas
-    scale = rng.uniform(*SCALE_RANGE) * 0.8 * min(cw, ch) / max(gw, gh, 1)
-    angle = np.deg2rad(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
-    shear = rng.uniform(-SHEAR, SHEAR)
-    shift = rng.uniform(-SHIFT, SHIFT, size=2) * min(cw, ch)
-    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    forward = scale * rotation @ np.array([[1.0, shear], [0.0, 1.0]])
-    inverse = np.linalg.inv(forward)
-    centre_out = np.array([cw / 2.0, ch / 2.0]) + shift
-    offset = np.array([gw / 2.0, gh / 2.0]) - inverse @ centre_out
-    return (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
+def _jitter(rng: np.random.Generator, n: int, canvas: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: the inverse of rotation·shear (2×2), the relative scale, and the shift in pixels."""
+    scale = rng.uniform(*SCALE_RANGE, size=n)
+    angle = np.deg2rad(rng.uniform(-ROTATION_DEG, ROTATION_DEG, size=n))
+    shear = rng.uniform(-SHEAR, SHEAR, size=n)
+    shift = rng.uniform(-SHIFT, SHIFT, size=(n, 2)) * min(canvas)
+    cos, sin = np.cos(angle), np.sin(angle)
+    # (R·Sh)⁻¹ = Sh⁻¹·Rᵀ with R the rotation and Sh = [[1, shear], [0, 1]]
+    inverse = np.stack([np.stack([cos + shear * sin, sin - shear * cos], -1),
+                        np.stack([-sin, cos], -1)], 1)
+    return inverse, scale, shift
 
 
-def _render(font: ImageFont.FreeTypeFont, letter: str, stroke: int, rng: np.random.Generator,
+def _render(font: ImageFont.FreeTypeFont, letter: str, stroke: int, jitter: tuple[np.ndarray, float, np.ndarray],
             canvas: tuple[int, int]) -> np.ndarray:
     """One white-on-black letter, jittered, as a uint8 canvas (H×W)."""
     left, top, right, bottom = font.getbbox(letter, stroke_width=stroke)
     glyph = Image.new("L", (max(right - left, 1), max(bottom - top, 1)), 0)
     ImageDraw.Draw(glyph).text((-left, -top), letter, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
-    warped = glyph.transform(canvas, Image.Transform.AFFINE, _affine(rng, glyph.size, canvas),
-                             resample=Image.Resampling.BILINEAR, fillcolor=0)
+    rotation_shear_inv, scale, shift = jitter
+    gw, gh = glyph.size
+    # PIL's AFFINE data maps canvas pixels back into the glyph: glyph = M⁻¹ (canvas − centre − shift) + its centre
+    inverse = rotation_shear_inv * max(gw, gh) / (scale * 0.8 * min(canvas))
+    offset = np.array([gw / 2.0, gh / 2.0]) - inverse @ (np.array(canvas) / 2.0 + shift)
+    data = (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
+    warped = glyph.transform(canvas, Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR, fillcolor=0)
     return np.asarray(warped)
 
 
@@ -166,6 +168,7 @@ def load_glyphs(n: int = 2000, seed: int = 0, image_shape: tuple[int, int, int] 
     which = rng.integers(len(loaded), size=n)
     letters = rng.integers(len(LETTERS), size=n)
     strokes = rng.integers(MAX_STROKE + 1, size=n)
-    images = np.stack([_render(loaded[which[i]], LETTERS[letters[i]], int(strokes[i]), rng, canvas)
-                       for i in range(n)])
+    inverse, scale, shift = _jitter(rng, n, canvas)
+    images = np.stack([_render(loaded[which[i]], LETTERS[letters[i]], int(strokes[i]),
+                               (inverse[i], float(scale[i]), shift[i]), canvas) for i in range(n)])
     return to_image_format(images, image_shape, source=f"glyphs ({split} fonts)")
