@@ -266,3 +266,17 @@ def test_prepare_data_overrides_keep_groups(fmnist_full) -> None:
     assert prep.groups == {"digits": "near", "gaussian": "far", "uniform": "far"}
     assert {k: len(v) for k, v in prep.ood.items()} == {"digits": 1797, "gaussian": 20, "uniform": 20}
 
+
+
+def test_data_list_shows_fashion_sets_with_groups(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import json
+
+    from unleash_ood.cli import main
+
+    _write_idx(tmp_path / "KMNIST" / "raw" / "t10k-images-idx3-ubyte.gz", _images(3, 0))
+    assert main(["data", "list", "--id", "fashion_mnist", "--data-root", str(tmp_path), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(BUILTIN)
+    assert {name: r["role"] for name, r in rows.items()} == {name: s.group for name, s in BUILTIN.items()}
+    assert rows["kmnist"]["present"] and not rows["mnist"]["present"]
+    assert str(tmp_path / "MNIST" / "raw") in rows["mnist"]["expected"]

@@ -101,3 +101,25 @@ def load_mnist_like(name: str, req: Request) -> torch.Tensor:
     rng = local_rng(req.seed, BUILTIN[name].stream)
     idx = np.sort(rng.choice(len(images), size=min(req.n, len(images)), replace=False))
     return to_image_format(images[idx], req.image_shape, source=name)
+
+
+def fashion_status(data_root_: str | None) -> list[dict]:
+    """``unleash-ood data list --id fashion_mnist``: one row per named set (the schema of
+    :func:`unleash_ood.data.suite.data_status`, with the near/far group as the role)."""
+    from .glyphs import FONT_PACKAGES
+
+    root = data_root(data_root_)
+    rows = []
+    for name, s in BUILTIN.items():
+        row = {"name": name, "title": s.description, "role": s.group, "expected": "built in", "present": True,
+               "found": None, "how": ""}
+        if s.needs == "files":
+            images = _read_images(name, root) is not None
+            row.update(expected=f"{expected_path(name, root)}[.gz]", present=images,
+                       how="data.download=true on a machine with internet (torchvision), or copy the files there")
+        elif s.needs == "id_classes":
+            row.update(expected="with data.id_classes set (open-set protocol)")
+        elif name == "glyphs":
+            row.update(expected=f"fonts of matplotlib and /usr/share/fonts (more: apt-get install {FONT_PACKAGES})")
+        rows.append(row)
+    return rows
