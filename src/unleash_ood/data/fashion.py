@@ -38,7 +38,7 @@ def parse_idx(raw: bytes, source: str) -> np.ndarray:
         raise UserError(f"corrupt dataset file {source}: {e}") from None
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a uint8 array."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -84,7 +84,7 @@ def load_fashion_mnist(data_root: str | Path | None = None, train: bool = True,
         files = _find_files(root, train)
     if files is None:
         raise UserError(HOW_TO_GET)
-    images, labels = _read_idx(files[0]), _read_idx(files[1])
+    images, labels = read_idx(files[0]), read_idx(files[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise UserError(f"corrupt dataset files {files[0]} / {files[1]}: shapes {images.shape}, {labels.shape}")
     x = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)

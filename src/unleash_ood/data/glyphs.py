@@ -102,21 +102,19 @@ def available_fonts(dirs: Sequence[Path] | None = None) -> list[GlyphFont]:
     return list(fonts.values())
 
 
-def _is_val_family(family: str) -> bool:
+def _family_hash(family: str) -> float:
+    """A family name's fixed position in [0, 1): below ``VAL_FRACTION`` = a validation family."""
     digest = hashlib.sha256(family.lower().encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < VAL_FRACTION
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
 def split_fonts(fonts: Sequence[GlyphFont]) -> dict[str, list[GlyphFont]]:
     """``{"test": [...], "val": [...]}`` by family-name hash; with two families or more neither side is
     empty (the family closest to the threshold moves over); a single family is all test."""
     families = sorted({f.family.lower() for f in fonts})
-    val = {f for f in families if _is_val_family(f)} if len(families) > 1 else set()  # one: the test set's
+    val = {f for f in families if _family_hash(f) < VAL_FRACTION} if len(families) > 1 else set()
     if len(families) > 1 and (not val or val == set(families)):
-        closest = min(families if not val else val,
-                      key=lambda f: abs(int.from_bytes(hashlib.sha256(f.encode()).digest()[:8], "big")
-                                        / 2.0 ** 64 - VAL_FRACTION))
-        val ^= {closest}
+        val ^= {min(families, key=lambda f: abs(_family_hash(f) - VAL_FRACTION))}
     return {"test": [f for f in fonts if f.family.lower() not in val],
             "val": [f for f in fonts if f.family.lower() in val]}
 

@@ -26,7 +26,7 @@ import torch
 from ..errors import UserError
 from .builtin import BUILTIN, Request
 from .cifar import data_root
-from .fashion import _read_idx, parse_idx
+from .fashion import read_idx, parse_idx
 from .images import local_rng, to_image_format
 
 
@@ -56,7 +56,7 @@ def _read_images(name: str, root: Path) -> np.ndarray | None:
     path = expected_path(name, root)
     for candidate in (path.with_name(path.name + ".gz"), path):
         if candidate.is_file():
-            return _read_idx(candidate)
+            return read_idx(candidate)
     archive = path.with_name(EMNIST_ARCHIVE)
     if MNIST_LIKE[name].folder == "EMNIST" and archive.is_file():
         member = f"gzip/{path.name}.gz"
