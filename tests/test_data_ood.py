@@ -320,3 +320,29 @@ def test_auxiliary_pool_shape_range_and_seed(shape: tuple[int, int, int], no_net
 
 def test_auxiliary_pool_default_size() -> None:
     assert load_auxiliary_pool().shape == (5000, 1, 28, 28)
+
+
+# --------------------------------------------------------------------------- registry (near/far groups)
+
+
+def test_refactor_keeps_each_sets_random_stream() -> None:
+    """The registry keeps the streams the sets had before it, so old results stay reproducible."""
+    expected = np.random.default_rng([4, 5]).random((6, 1, 28, 28), dtype=np.float32)
+    assert np.array_equal(load_ood("uniform", n=6, seed=5).numpy(), expected)
+    noise = np.random.default_rng([3, 0]).standard_normal((6, 1, 28, 28), dtype=np.float32) * 0.25 + 0.5
+    assert np.array_equal(load_ood("gaussian", n=6).numpy(), noise.clip(0.0, 1.0))
+
+
+def test_builtin_ood_is_the_offline_part_of_the_registry() -> None:
+    from unleash_ood.data.ood import BUILTIN, builtin_group
+
+    assert set(BUILTIN_OOD) == {"digits", "textures", "photos", "gaussian", "uniform", "glyphs"}
+    assert set(BUILTIN_OOD) < set(BUILTIN)
+    assert builtin_group(" Glyphs ") == "near" and builtin_group("photos") == "far"
+    assert builtin_group("npz:/x.npz") is None
+
+
+def test_seed_must_be_a_non_negative_integer() -> None:
+    for seed in (-1, 1.5, True):
+        with pytest.raises(UserError, match="seed"):
+            load_ood("uniform", n=4, seed=seed)  # type: ignore[arg-type]

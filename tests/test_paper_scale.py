@@ -141,6 +141,8 @@ def test_recipes_match_the_paper() -> None:
     for name in recipe_names():
         cfg = load_recipe(name)
         ds = cfg.data.dataset
+        if ds not in PAPER_SUITE:  # e.g. fashion_open_set: not a paper table
+            continue
         assert cfg.base.epochs == 100 and cfg.base.lr == 0.1 and cfg.base.nesterov and cfg.base.momentum == 0.9
         assert cfg.base.weight_decay == 1e-4 and cfg.base.batch_size == 64 and cfg.base.schedule == "cosine"
         assert (cfg.um.keep_ratio, cfg.um.zeta) == ((0.975, 0.10) if ds == "cifar10" else (0.97, 1.20))

@@ -12,7 +12,8 @@ from .config import DemoConfig, apply_overrides, quick, validate
 from .errors import UserError
 
 EPILOG = ("Settings: any config key as key=value, e.g. base.epochs=20 um.keep_ratio=0.97 "
-          "umap.prune_rate=0.8 data.ood='[digits, npz:/data/svhn.npz]'. See README.")
+          "umap.prune_rate=0.8 data.near='[glyphs, npz:/data/notmnist.npz]' data.far='[textures, uniform]'. "
+          "See README.")
 
 
 def _config(args: argparse.Namespace) -> DemoConfig:
@@ -91,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .pipeline import eval_run
 
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    eval_run(args.run, args.ood, out)
+    eval_run(args.run, args.ood, out, near_specs=args.near, far_specs=args.far)
     _print_table(out)
 
 
@@ -145,8 +146,12 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a finished run's models on further OOD sets")
     e.add_argument("--run", required=True, help="run directory (from demo/train/um/umap)")
-    e.add_argument("--ood", nargs="+", required=True, metavar="SPEC",
-                   help="digits, textures, photos, gaussian, uniform, npz:PATH, folder:PATH")
+    e.add_argument("--near", nargs="+", metavar="SPEC", help="near-OOD sets: glyphs, digits, mnist, kmnist, "
+                   "emnist-letters, heldout-classes, npz:PATH, folder:PATH (built-ins keep their own group)")
+    e.add_argument("--far", nargs="+", metavar="SPEC",
+                   help="far-OOD sets: textures, photos, gaussian, uniform, npz:PATH, folder:PATH")
+    e.add_argument("--ood", nargs="+", metavar="SPEC", help="as --far (kept for old scripts); with none of "
+                   "--near/--far/--ood the run's own suite")
     e.add_argument("--out", help="output directory (default RUN/eval)")
     e.set_defaults(func=cmd_eval)
 

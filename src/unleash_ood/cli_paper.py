@@ -15,14 +15,16 @@ from .errors import UserError
 
 def cmd_data_list(args: argparse.Namespace) -> None:
     from .data.cifar import data_root
+    from .data.mnistlike import fashion_status
     from .data.suite import data_status, format_status
 
-    rows = data_status(args.data_root, args.id)
+    rows = fashion_status(args.data_root) if args.id == "fashion_mnist" else data_status(args.data_root, args.id)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"Data root: {data_root(args.data_root)}   (ID dataset: {args.id}; roles: ID, test = the paper's suite, "
-          "validation = for choosing zeta / keep ratio only)")
+    roles = ("near / far = the OOD group" if args.id == "fashion_mnist" else
+             "ID, test = the paper's suite, validation = for choosing zeta / keep ratio only")
+    print(f"Data root: {data_root(args.data_root)}   (ID dataset: {args.id}; roles: {roles})")
     print(format_status(rows))
 
 
@@ -123,7 +125,8 @@ def add_paper_parsers(sub) -> None:
     dsub = d.add_subparsers(dest="data_command", required=True)
     dl = dsub.add_parser("list", help="table of the OOD suite (+ CIFAR): expected path, present?, how to get it")
     dl.add_argument("--data-root", help="data root (default ~/.cache/unleash-ood)")
-    dl.add_argument("--id", default="cifar10", choices=["cifar10", "cifar100"], help="ID dataset (sets roles)")
+    dl.add_argument("--id", default="cifar10", choices=["cifar10", "cifar100", "fashion_mnist"],
+                    help="ID dataset (sets roles; fashion_mnist: the named sets with their near/far group)")
     dl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     dl.set_defaults(func=cmd_data_list)
 

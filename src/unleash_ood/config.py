@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .data.ood import BUILTIN_OOD
+from .data.specs import config_groups
 from .errors import UserError
 from .detectors import DEFAULT_SCORES, check_names
 from .train import OptimConfig
@@ -17,7 +17,15 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """ID data, its splits, and the OOD test suite."""
+    """ID data, its splits, and the OOD test suite in two groups, ``near`` and ``far``.
+
+    ``near``/``far``: OOD specs per group; unset (null) = the default suite (near: glyphs, digits; far:
+    textures, photos, gaussian, uniform). A built-in set keeps its own group wherever it is listed;
+    ``npz:``/``folder:`` specs take the group they are listed under. ``ood`` (the key from before
+    groups): alone, it is exactly the suite, as it always was (specs far, built-ins in their own group);
+    next to ``near``/``far`` it adds far specs. ``id_classes``: the open-set protocol (train on these
+    classes; the others' test images are the near set ``heldout-classes``). See ``data.specs``.
+    """
 
     dataset: str = "fashion_mnist"
     data_root: str | None = None
@@ -25,11 +33,30 @@ class DataConfig(_Strict):
     val_size: int = Field(5000, ge=0)
     train_size: int | None = Field(12000, gt=0)
     test_size: int | None = Field(None, gt=0)
-    ood: list[str] = Field(default_factory=lambda: list(BUILTIN_OOD), min_length=1)
+    near: list[str] | None = None
+    far: list[str] | None = None
+    ood: list[str] = Field(default_factory=list)
+    id_classes: list[int] | None = None
     ood_size: int = Field(2000, ge=1)
     val_ood_size: int = Field(2000, ge=1)
     augment: bool = False
     seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _some_ood(self) -> DataConfig:
+        try:
+            self.ood_groups()
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def ood_groups(self) -> list[tuple[str, str]]:
+        """The ``(spec, group)`` pairs evaluated on, in order (see :func:`unleash_ood.data.specs.config_groups`)."""
+        return config_groups(self.near, self.far, self.ood, self.dataset)
+
+    def ood_specs(self) -> list[str]:
+        """Every OOD test spec, near ones first."""
+        return [spec for spec, _ in self.ood_groups()]
 
 
 class ModelConfig(_Strict):

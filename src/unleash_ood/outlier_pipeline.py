@@ -15,7 +15,7 @@ from torch import nn
 from .checkpoint import save_masks, save_model, save_tensors
 from .config import DemoConfig
 from .data.auxiliary import aux_record_json, check_aux_overlap, load_aux_pool
-from .data.ood import AUX_MIX, AUX_PICTURES
+from .data.auxpool import AUX_MIX, AUX_PICTURES
 from .data.transforms import random_shift_flip
 from .errors import UserError
 from .methods.outlier_training import METHODS, WITHS, check_method, finetune_with_outliers, run_name
@@ -66,7 +66,7 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
     if aux_size < 1:
         raise UserError(f"aux_size must be ≥ 1, got {aux_size}")
     aux_spec = aux
-    check_aux_overlap(aux_spec, cfg.data.ood, cfg.data.data_root, cfg.data.dataset)
+    check_aux_overlap(aux_spec, cfg.data.ood_specs(), cfg.data.data_root, cfg.data.dataset)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     cfg, prep, base, out = start_run(cfg, out_dir, base_checkpoint)

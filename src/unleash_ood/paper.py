@@ -38,8 +38,9 @@ def check_data(cfg: DataConfig) -> None:
                 problems.append(f"ID data: {e}")
         else:
             problems.append(f"ID data: {how_to_get(cfg.dataset, data_root(cfg.data_root))}")
-    names = [s for s in cfg.ood if suite.uses_suite(dataset=cfg.dataset) and suite.is_suite_name(s)]
-    for s in cfg.ood:
+    specs = cfg.ood_specs()
+    names = [s for s in specs if suite.uses_suite(dataset=cfg.dataset) and suite.is_suite_name(s)]
+    for s in specs:
         kind, _, path = s.partition(":")
         if kind in ("npz", "folder") and path and not Path(path).expanduser().exists():
             problems.append(f"OOD {s}: {path} does not exist")
@@ -99,16 +100,17 @@ def run_recipe(recipe: str | Path | DemoConfig, seeds: Sequence[int] = (0,), out
     if cfg.outliers.enabled:  # the auxiliary pool: present, and no overlap with the OOD test sets
         from .data.auxiliary import check_aux_overlap, check_aux_source
 
-        check_aux_overlap(cfg.outliers.aux, cfg.data.ood, cfg.data.data_root, cfg.data.dataset)
+        check_aux_overlap(cfg.outliers.aux, cfg.data.ood_specs(), cfg.data.data_root, cfg.data.dataset)
         check_aux_source(cfg.outliers.aux, cfg.data.data_root)
-    specs = suite.resolve_specs(cfg.data.ood, cfg.data.dataset, cfg.data.data_root, out / "ood_cache",
-                                n=cfg.data.ood_size, seed=OOD_SUBSET_SEED)
+    specs = {key: suite.resolve_specs(getattr(cfg.data, key), cfg.data.dataset, cfg.data.data_root,
+                                      out / "ood_cache", n=cfg.data.ood_size, seed=OOD_SUBSET_SEED)
+             for key in ("near", "far", "ood") if getattr(cfg.data, key)}  # each list keeps its group
     write_json(out / "recipe.json", {"recipe": str(recipe) if not isinstance(recipe, DemoConfig) else "(config)",
                                      "overrides": list(overrides), "seeds": list(seeds), "config": cfg.model_dump()})
     results = {}
     for s in seeds:
         cfg_s = seed_config(cfg, s)
-        cfg_s = cfg_s.model_copy(update={"data": cfg_s.data.model_copy(update={"ood": specs})})
+        cfg_s = cfg_s.model_copy(update={"data": cfg_s.data.model_copy(update=specs)})
         if select_grid:
             results[s] = _run_with_selection(cfg_s, out / f"seed_{s}", select_grid, select_epochs, init)
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_into, load_masks, save_masks, save_model
 from .config import DataConfig, DemoConfig, ModelConfig, UMAPConfig, UMConfig, validate
 from .data import IDData, default_patch, load_id_data, patch_shuffle
+from .data.specs import config_groups
 from .data.suite import load_ood_sets
 from .data.transforms import random_shift_flip
 from .errors import UserError
@@ -43,11 +44,13 @@ def say(msg: str) -> None:
 
 @dataclass
 class Prepared:
-    """Everything a run evaluates on: ID splits, OOD test sets, the synthetic validation OOD set."""
+    """Everything a run evaluates on: ID splits, OOD test sets, the synthetic validation OOD set, and
+    each OOD test set's group (``groups[name]``: ``near`` or ``far``)."""
 
     id: IDData
     ood: dict[str, torch.Tensor]
     val_ood: torch.Tensor
+    groups: dict[str, str] = field(default_factory=dict)
 
     def batches(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> TensorBatches:
         return TensorBatches(images, labels, EVAL_BATCH)
@@ -60,15 +63,20 @@ class Prepared:
         return {name: self.batches(x) for name, x in self.ood.items()}
 
 
-def prepare_data(cfg: DataConfig, ood_specs: list[str] | None = None) -> Prepared:
-    """Load the ID splits and the OOD suite (``ood_specs`` overrides the config's list)."""
+def prepare_data(cfg: DataConfig, ood_specs: list[str] | None = None,
+                 near_specs: list[str] | None = None) -> Prepared:
+    """Load the ID splits and the OOD suite with its groups. ``ood_specs`` (far) and ``near_specs``, when
+    either is given, replace the config's suite; a built-in keeps its own group either way."""
     say(f"loading {cfg.dataset} and OOD sets")
     data = load_id_data(cfg.dataset, cfg.data_root, cfg.val_size, cfg.train_size, cfg.test_size, cfg.seed,
-                        cfg.download)
-    ood = load_ood_sets(ood_specs or cfg.ood, cfg.dataset, cfg.data_root, data.image_shape, n=cfg.ood_size,
-                        seed=cfg.seed, download=cfg.download)
+                        cfg.download, cfg.id_classes)
+    pairs = (config_groups(near_specs or [], ood_specs or [], (), cfg.dataset) if ood_specs or near_specs
+             else cfg.ood_groups())
+    ood = load_ood_sets([spec for spec, _ in pairs], cfg.dataset, cfg.data_root, data.image_shape,
+                        n=cfg.ood_size, seed=cfg.seed, download=cfg.download, heldout=data.heldout)
+    groups = dict(zip(ood, (group for _, group in pairs)))  # load_ood_sets keeps the order of the specs
     val_x = data.val[0][: cfg.val_ood_size] if len(data.val[0]) else data.train[0][: cfg.val_ood_size]
-    return Prepared(data, ood, patch_shuffle(val_x, patch=default_patch(val_x.shape[-1]), seed=cfg.seed))
+    return Prepared(data, ood, patch_shuffle(val_x, patch=default_patch(val_x.shape[-1]), seed=cfg.seed), groups)
 
 
 def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
@@ -408,12 +416,14 @@ def load_checkpoint(path: str | Path, num_classes: int | None = None,
     return model, model_cfg
 
 
-def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Path | None = None) -> list[dict]:
-    """Evaluate every model of a finished run (base, um, ce_finetune, umap, outlier models) on other OOD sets."""
+def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Path | None = None,
+             near_specs: list[str] | None = None, far_specs: list[str] | None = None) -> list[dict]:
+    """Evaluate every model of a finished run (base, um, ce_finetune, umap, outlier models) on other OOD
+    sets: ``near_specs`` and ``far_specs`` + ``ood_specs`` (far); none given: the run's own suite."""
     run = Path(run_dir)
     cfg = load_run_config(run)
     out = Path(out_dir) if out_dir else run / "eval"
-    prep = prepare_data(cfg.data, ood_specs)
+    prep = prepare_data(cfg.data, [*(far_specs or []), *(ood_specs or [])], near_specs)
     ck = run / "checkpoints"
     base, _ = load_checkpoint(ck / "base.safetensors", prep.id.num_classes, cfg.model)
     models: dict[str, tuple[nn.Module, dict | None]] = {"base": (base, None)}

@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .ood import (_check_count, _check_image_shape, _image_files, _load_npz, _read_image, _rng,
-                  load_auxiliary_pool, to_image_format)
+from .auxpool import load_auxiliary_pool
+from .images import check_count, check_image_shape, image_files, local_rng, read_image, to_image_format
+from .specs import load_npz
 
 AUX_KINDS: tuple[str, ...] = ("builtin", "npz", "folder", "imagenet64", "tinyimages300k")
 AUX_FORMS = ("builtin, npz:PATH, folder:PATH, imagenet64:DIR (train_data_batch_1..10) or "
@@ -142,8 +143,8 @@ def check_aux_source(spec: str, data_root: str | Path | None = None) -> None:
 def load_aux_pool(spec: str = "builtin", image_shape: tuple[int, int, int] = (1, 28, 28), n: int = 5000,
                   seed: int = 0, data_root: str | Path | None = None) -> tuple[torch.Tensor, dict]:
     """The auxiliary pool of ``n`` images for ``spec`` (see the module docstring) and its sampling record."""
-    image_shape = _check_image_shape(image_shape)
-    _check_count(n, "n")
+    image_shape = check_image_shape(image_shape)
+    check_count(n, "n")
     kind, path = parse_aux_spec(spec, data_root)
     record: dict = {"spec": str(spec), "kind": kind, "path": None if path is None else str(path), "n": int(n),
                     "seed": int(seed)}
@@ -154,17 +155,17 @@ def load_aux_pool(spec: str = "builtin", image_shape: tuple[int, int, int] = (1,
     assert path is not None
     check_aux_source(spec, data_root)
     if kind == "npz":
-        images = _load_npz(path, image_shape)
+        images = load_npz(path, image_shape)
         idx = _sample(len(images), n, seed, spec)
         pool = images[torch.from_numpy(idx)]
         size = len(images)
     elif kind == "folder":
-        files = _image_files(path)
+        files = image_files(path)
         if not files:
             raise UserError(f"auxiliary-outlier folder {path} has no image files")
         size = len(files)
         idx = _sample(size, n, seed, spec)
-        pool = torch.cat([to_image_format(_read_image(files[i])[None], image_shape, source=str(files[i]))
+        pool = torch.cat([to_image_format(read_image(files[i])[None], image_shape, source=str(files[i]))
                           for i in idx])
     elif kind == "tinyimages300k":
         pool, idx, size = _tinyimages(path, image_shape, n, seed, spec)
@@ -185,7 +186,7 @@ def _sample(size: int, n: int, seed: int, spec: str) -> np.ndarray:
     if n > size:
         raise UserError(f"auxiliary-outlier pool {spec!r} has {size} images, fewer than the {n} asked for "
                         "(lower outliers.aux_size)")
-    return np.sort(_rng(seed, _SAMPLE_STREAM).choice(size, size=n, replace=False))
+    return np.sort(local_rng(seed, _SAMPLE_STREAM).choice(size, size=n, replace=False))
 
 
 def _tinyimages(path: Path, image_shape, n: int, seed: int, spec: str) -> tuple[torch.Tensor, np.ndarray, int]:
@@ -249,7 +250,7 @@ def _imagenet64(folder: Path, image_shape, n: int, seed: int, spec: str
     offset = 0
     for b, path in enumerate(_imagenet64_files(folder)):
         data = read_imagenet64_batch(path)
-        rng = _rng(seed, _IMAGENET64_STREAM + b)
+        rng = local_rng(seed, _IMAGENET64_STREAM + b)
         k = rng.random(len(data))
         pos = rng.integers(0, IMAGENET64_SIZE - CROP + 1, size=(len(data), 2))
         take = np.argsort(k, kind="stable")[:n]

@@ -27,18 +27,26 @@ HOW_TO_GET = (
 )
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def parse_idx(raw: bytes, source: str) -> np.ndarray:
+    """Parse the bytes of an IDX file (uint8 data) into an array; ``source`` names it in errors."""
+    try:
+        ndim = raw[3]
+        dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        return data.reshape(dims)
+    except (ValueError, IndexError) as e:
+        raise UserError(f"corrupt dataset file {source}: {e}") from None
+
+
+def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a uint8 array."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-        ndim = raw[3]
-        dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-        return data.reshape(dims)
-    except (OSError, EOFError, ValueError, IndexError) as e:
+    except (OSError, EOFError) as e:
         raise UserError(f"corrupt dataset file {path}: {e}") from None
+    return parse_idx(raw, str(path))
 
 
 def _find_files(directory: Path, train: bool) -> tuple[Path, Path] | None:
@@ -76,7 +84,7 @@ def load_fashion_mnist(data_root: str | Path | None = None, train: bool = True,
         files = _find_files(root, train)
     if files is None:
         raise UserError(HOW_TO_GET)
-    images, labels = _read_idx(files[0]), _read_idx(files[1])
+    images, labels = read_idx(files[0]), read_idx(files[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise UserError(f"corrupt dataset files {files[0]} / {files[1]}: shapes {images.shape}, {labels.shape}")
     x = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)

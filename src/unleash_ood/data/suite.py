@@ -6,7 +6,7 @@ recursively; a few conventional alternative folders are also accepted, see ``SUI
 brought to 32×32 with the literature's ``Resize(32)`` (shorter side to 32, bilinear, antialiased) +
 ``CenterCrop(32)``; sets distributed at 32×32 (LSUN, LSUN-resize, iSUN, TinyImageNet crop) pass through
 unchanged. CIFAR and SVHN are read from torchvision's on-disk layout. Everything is returned through
-:func:`unleash_ood.data.ood.to_image_format`, i.e. float32 N×C×H×W in [0, 1] in the ID format.
+:func:`unleash_ood.data.images.to_image_format`, i.e. float32 N×C×H×W in [0, 1] in the ID format.
 
 Name clash: ``textures`` here is DTD (Cimpoi et al.), whereas the embedded default's built-in
 ``textures`` is a set of scikit-image picture crops. Suite names are resolved only for 32×32 RGB
@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..errors import UserError
 from .cifar import cifar_present, data_root, download_cifar, load_cifar
-from .ood import _image_files, _pil_to_array, to_image_format
+from .images import image_files, pil_to_array, to_image_format
 
 SUITE_SIZE = 32
 VALIDATION_SETS = ("tinyimagenet",)
@@ -113,7 +113,7 @@ def _check_name(name: str, id_dataset: str | None, allow_validation: bool) -> Su
 def find_folder(s: SuiteSet, root: Path) -> Path | None:
     for rel in s.folders:
         p = root / rel
-        if p.is_dir() and next(iter(_image_files(p)), None) is not None:
+        if p.is_dir() and next(iter(image_files(p)), None) is not None:
             return p
     return None
 
@@ -249,14 +249,14 @@ def load_suite_set(name: str, root: str | Path | None = None, image_shape: tuple
         images = np.transpose(images, (3, 0, 1, 2))
         return to_image_format(images[_subset(len(images), n, seed)], image_shape, source=str(path))
     folder = find_folder(s, r)
-    files = _image_files(folder)
+    files = image_files(folder)
     files = [files[i] for i in _subset(len(files), n, seed)]
     out = torch.empty((len(files), *image_shape), dtype=torch.float32)
     for i, path in enumerate(files):
         try:
             with Image.open(path) as im:
                 im.load()
-                arr = _pil_to_array(im)
+                arr = pil_to_array(im)
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             raise UserError(f"cannot read image file {path}: {e}") from None
         out[i] = to_image_format(resize_center_crop(arr)[None], image_shape, source=str(path))[0]
@@ -302,26 +302,29 @@ def resolve_specs(specs: Sequence[str], dataset: str, root: str | Path | None, c
 
 
 def load_ood_sets(specs: Sequence[str], dataset: str, root: str | Path | None, image_shape: tuple[int, int, int],
-                  n: int | None = None, seed: int = 0, download: bool = False) -> dict[str, torch.Tensor]:
-    """Like :func:`unleash_ood.data.ood.load_ood_suite`, but for CIFAR ID data suite names (``svhn``,
+                  n: int | None = None, seed: int = 0, download: bool = False,
+                  heldout: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Like :func:`unleash_ood.data.specs.load_ood_suite`, but for CIFAR ID data suite names (``svhn``,
     ``textures`` = DTD, …) load the suite sets (a subset of at most ``n``); all other specs (built-ins
     for non-CIFAR data, ``npz:``, ``folder:``) go to ``load_ood_suite``. Missing suite sets fail together
-    before anything is loaded."""
-    from .ood import load_ood_suite
+    before anything is loaded. ``heldout``: the open-set protocol's held-out test images (``heldout-classes``)."""
+    from .builtin import Sources
+    from .specs import load_ood_suite
 
+    sources = Sources(str(root) if root else None, download, heldout)
     if not uses_suite(dataset=dataset):
-        return load_ood_suite(list(specs), image_shape, seed=seed, n=n or 2000)
+        return load_ood_suite(list(specs), image_shape, seed=seed, n=n or 2000, sources=sources)
     names = [s.strip().lower() for s in specs if is_suite_name(s)]
     check_available(names, root, id_dataset=dataset, download=download)
     others = [s for s in specs if not is_suite_name(s)]
-    loaded = load_ood_suite(others, image_shape, seed=seed, n=n or 2000) if others else {}
+    loaded = load_ood_suite(others, image_shape, seed=seed, n=n or 2000, sources=sources) if others else {}
     out: dict[str, torch.Tensor] = {}
     for s in specs:
         if is_suite_name(s):
             key = s.strip().lower()
             out[key] = load_suite_set(key, root, image_shape, n=n, seed=seed, id_dataset=dataset)
         else:
-            from .ood import ood_name
+            from .specs import ood_name
 
             name = ood_name(s)
             if name in out:

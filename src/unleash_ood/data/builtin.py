@@ -1,0 +1,198 @@
+"""The registry of named OOD sets: name → loader, group (``near`` / ``far``), description.
+
+Every loader returns float32 N×C×H×W in [0, 1] in the ID ``image_shape``. Groups: *near* sets share the
+ID data's kind of content (handwriting, letters, held-out Fashion-MNIST classes: mostly a semantic
+shift); *far* sets differ in low-level statistics too (textures, photographs, noise).
+
+Sets that need nothing but the installed packages (``OFFLINE_SETS``) load anywhere; ``mnist``,
+``kmnist`` and ``emnist-letters`` need files under the data root (or a download), and
+``heldout-classes`` needs the open-set protocol (``data.id_classes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .images import local_rng, resize, to_image_format
+
+GROUPS: tuple[str, ...] = ("near", "far")
+TEXTURE_PICTURES: tuple[str, ...] = ("brick", "grass", "gravel")
+PHOTO_PICTURES: tuple[str, ...] = (
+    "camera", "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+    "immunohistochemistry", "moon", "page", "coins", "text", "clock",
+)
+CROP_SIZE_RANGE: tuple[int, int] = (32, 96)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What some sets need beyond shape, seed and size: the data root (``mnist``, …, with ``download``
+    allowed or not) and the held-out classes' test images (``heldout-classes``)."""
+
+    data_root: str | None = None
+    download: bool = False
+    heldout: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One set to load: ID ``image_shape`` (C, H, W), ``seed``, size ``n`` and the ``sources``."""
+
+    image_shape: tuple[int, int, int]
+    seed: int
+    n: int
+    sources: Sources
+
+
+@dataclass(frozen=True)
+class BuiltinSet:
+    """A named set. ``stream`` keeps the random sets independent under one seed (fixed per set, so that
+    adding a set changes no other); ``needs``: ``""`` (offline), ``"files"`` or ``"id_classes"``."""
+
+    name: str
+    group: str
+    description: str
+    loader: Callable[[Request], torch.Tensor]
+    stream: int
+    needs: str = ""
+
+    def __post_init__(self) -> None:
+        check_group(self.group, f"OOD set {self.name!r}")
+
+
+def check_group(group: str, where: str) -> str:
+    """``group`` if it is ``near`` or ``far``; otherwise one :class:`UserError` naming ``where``."""
+    if group not in GROUPS:
+        raise UserError(f"{where}: unknown OOD group {group!r}; use one of {', '.join(GROUPS)}")
+    return group
+
+
+def _rng(req: Request, name: str) -> np.random.Generator:
+    return local_rng(req.seed, BUILTIN[name].stream)
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def _digits(req: Request) -> torch.Tensor:
+    """All 1,797 scikit-learn digits (8×8, values 0–16) upsampled to the ID size."""
+    from sklearn.datasets import load_digits
+
+    return to_image_format(load_digits().images / 16.0, req.image_shape, source="sklearn digits")
+
+
+def _glyphs(req: Request) -> torch.Tensor:
+    from .glyphs import load_glyphs
+
+    return load_glyphs(req.n, req.seed, req.image_shape, split="test")
+
+
+def _heldout(req: Request) -> torch.Tensor:
+    images = req.sources.heldout
+    if images is None:
+        raise UserError("OOD set 'heldout-classes' needs the open-set protocol: set data.id_classes to the "
+                        "classes to train on (e.g. data.id_classes='[0, 1, 2, 3, 4, 5]'); the other classes' "
+                        "test images are then this near-OOD set")
+    return to_image_format(images, req.image_shape, source="heldout-classes")
+
+
+def _mnist_like(name: str) -> Callable[[Request], torch.Tensor]:
+    def load(req: Request) -> torch.Tensor:
+        from .mnistlike import load_mnist_like
+
+        return load_mnist_like(name, req)
+    return load
+
+
+def _gaussian(image_shape: tuple[int, int, int], rng: np.random.Generator, n: int) -> torch.Tensor:
+    """Per-pixel N(0.5, 0.25²) clipped to [0, 1]."""
+    noise = rng.standard_normal((n, *image_shape), dtype=np.float32) * 0.25 + 0.5
+    return torch.from_numpy(noise.clip(0.0, 1.0))
+
+
+def _uniform(image_shape: tuple[int, int, int], rng: np.random.Generator, n: int) -> torch.Tensor:
+    """Per-pixel U[0, 1]."""
+    return torch.from_numpy(rng.random((n, *image_shape), dtype=np.float32))
+
+
+def _load_picture(name: str) -> np.ndarray:
+    """One bundled scikit-image picture (never one that needs a download)."""
+    import skimage.data
+
+    picture = getattr(skimage.data, name)()
+    if isinstance(picture, tuple):  # stereo_motorcycle: (left, right, disparity)
+        picture = picture[0]
+    return np.asarray(picture)
+
+
+def _picture_tensor(name: str, channels: int) -> torch.Tensor:
+    """A bundled picture as float 1×C×H×W at its own size."""
+    picture = _load_picture(name)
+    height, width = picture.shape[:2]
+    return to_image_format(picture[None], (channels, height, width), source=f"skimage.data.{name}()")
+
+
+def picture_crops(names: Sequence[str], image_shape: tuple[int, int, int], rng: np.random.Generator,
+                  n: int) -> torch.Tensor:
+    """``n`` square crops of random size and position from the named pictures, resized to H×W."""
+    channels, height, width = image_shape
+    out = torch.empty((n, channels, height, width), dtype=torch.float32)
+    if n == 0:
+        return out
+    pictures = [_picture_tensor(name, channels) for name in names]
+    heights = np.array([p.shape[-2] for p in pictures])
+    widths = np.array([p.shape[-1] for p in pictures])
+    which = rng.integers(len(pictures), size=n)
+    sizes = rng.integers(CROP_SIZE_RANGE[0], CROP_SIZE_RANGE[1] + 1, size=n)
+    sizes = np.minimum(sizes, np.minimum(heights[which], widths[which]))
+    tops = (rng.random(n) * (heights[which] - sizes + 1)).astype(np.int64)
+    lefts = (rng.random(n) * (widths[which] - sizes + 1)).astype(np.int64)
+    # one resize call per crop size instead of one per crop
+    for size in np.unique(sizes):
+        idx = np.flatnonzero(sizes == size)
+        crops = torch.cat([pictures[which[i]][..., tops[i]:tops[i] + size, lefts[i]:lefts[i] + size]
+                           for i in idx])
+        out[torch.from_numpy(idx)] = resize(crops, (height, width))
+    return out
+
+
+BUILTIN: dict[str, BuiltinSet] = {s.name: s for s in (
+    BuiltinSet("digits", "near", "scikit-learn's 1,797 8×8 handwritten digits, upsampled (all of them; n ignored)",
+               _digits, stream=0),
+    BuiltinSet("textures", "far", "random crops of scikit-image's brick, grass and gravel pictures",
+               lambda req: picture_crops(TEXTURE_PICTURES, req.image_shape, _rng(req, "textures"), req.n), 1),
+    BuiltinSet("photos", "far", "random crops of 12 bundled scikit-image photographs",
+               lambda req: picture_crops(PHOTO_PICTURES, req.image_shape, _rng(req, "photos"), req.n), 2),
+    BuiltinSet("gaussian", "far", "per-pixel N(0.5, 0.25²) noise clipped to [0, 1]",
+               lambda req: _gaussian(req.image_shape, _rng(req, "gaussian"), req.n), 3),
+    BuiltinSet("uniform", "far", "per-pixel U[0, 1] noise",
+               lambda req: _uniform(req.image_shape, _rng(req, "uniform"), req.n), 4),
+    BuiltinSet("glyphs", "near", "NotMNIST-style letters A–J rendered from the offline fonts (test fonts)",
+               _glyphs, 5),
+    BuiltinSet("heldout-classes", "near", "the ID test images of the classes left out by data.id_classes "
+               "(all of them; n ignored)", _heldout, 6, needs="id_classes"),
+    BuiltinSet("mnist", "near", "MNIST test split (torchvision layout ROOT/MNIST/raw), seeded subset of n",
+               _mnist_like("mnist"), 7, needs="files"),
+    BuiltinSet("kmnist", "near", "Kuzushiji-MNIST test split (ROOT/KMNIST/raw), seeded subset of n",
+               _mnist_like("kmnist"), 8, needs="files"),
+    BuiltinSet("emnist-letters", "near", "EMNIST letters test split (ROOT/EMNIST/raw), seeded subset of n",
+               _mnist_like("emnist-letters"), 9, needs="files"),
+)}
+# the sets that load anywhere from the installed packages alone
+OFFLINE_SETS: tuple[str, ...] = tuple(name for name, s in BUILTIN.items() if not s.needs)
+
+
+def builtin_group(name: str) -> str | None:
+    """The group of a built-in set (case-insensitive), or None when ``name`` is not one."""
+    entry = BUILTIN.get(name.strip().lower())
+    return entry.group if entry else None
+
+
+def load_builtin(name: str, req: Request) -> torch.Tensor:
+    """Load the built-in set ``name`` (a key of ``BUILTIN``)."""
+    return BUILTIN[name].loader(req)
