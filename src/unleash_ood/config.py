@@ -91,7 +91,11 @@ class OutlierConfig(_Strict):
 
     ``aux``: the auxiliary pool spec (``builtin``, ``npz:PATH``, ``folder:PATH``, ``imagenet64:DIR``,
     ``tinyimages300k:PATH``; see :mod:`unleash_ood.data.auxiliary`). ``enabled``: ``run`` (recipes)
-    also fine-tunes with outliers after the pipeline, into ``seed_<s>/outliers/``."""
+    also fine-tunes with outliers after the pipeline, into ``seed_<s>/outliers/``. ``aux_batch_size``:
+    auxiliary images per ID batch; None (default) is the ID batch size, as in the authors' code, so
+    BatchNorm sees half ID, half auxiliary images. A larger value (the paper states 2,000 per 64) works,
+    but ID and auxiliary images share one train-mode forward pass, so the BatchNorm statistics are then
+    dominated by auxiliary images."""
 
     enabled: bool = False
     aux: str = "builtin"
@@ -120,10 +124,6 @@ class OutlierConfig(_Strict):
         except UserError as e:
             raise ValueError(str(e)) from None
         return v
-
-    def run_kwargs(self) -> dict:
-        """The keyword arguments of :func:`unleash_ood.outlier_pipeline.run_outlier_methods`."""
-        return self.model_dump(exclude={"scores", "enabled"})
 
 
 class DemoConfig(_Strict):
