@@ -157,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", metavar="key=value")
     c.set_defaults(func=cmd_config)
     add_paper_parsers(sub)
-    from .reproduce import add_reproduce_parser  # matplotlib and the pipeline: imported only here
+    from .analyses.cli import add_reproduce_parser  # light: the analyses are imported when run
 
     add_reproduce_parser(sub)
     return p
