@@ -162,3 +162,26 @@ def test_build_config_from_a_paper_recipe() -> None:
     cfg, _ = build_config("keep-ratio", ["base.epochs=2"], recipe="cifar10_densenet100")
     assert cfg.data.dataset == "cifar10" and cfg.model.arch == "densenet100" and cfg.base.epochs == 2
     assert cfg.um.keep_ratio == 0.975
+
+
+def test_presets_runners_and_names_agree() -> None:
+    from unleash_ood.analyses.presets import load_preset
+    from unleash_ood.analyses.runner import RUNNERS
+
+    gallery, quick = load_preset("gallery"), load_preset("gallery_quick")
+    assert tuple(RUNNERS) == ANALYSES == tuple(gallery["analyses"])
+    assert set(quick["analyses"]) <= set(ANALYSES)
+    for name, params in quick["analyses"].items():  # the quick preset only overrides known parameters
+        assert set(params) <= set(gallery["analyses"][name]), name
+    assert list(gallery["analyses"]["once-covered"]["schedules"]) == list(SCHEDULES)
+
+
+def test_parser_module_imports_neither_matplotlib_nor_the_analyses() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, unleash_ood.analyses.cli; "
+            "print(sorted(m for m in ('matplotlib', 'unleash_ood.analyses.runner', 'unleash_ood.analyses.figures') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -11,7 +11,7 @@ from ..pipeline import say
 from ..report import write_json
 from .cache import Context, PrepCache
 from .masks import mask_loss, weights
-from .presets import ANALYSES, build_config
+from .presets import build_config
 from .sweeps import finetune_epochs, keep_ratio, prune_rate
 from .training import once_covered, overfitting, score_hist, typical_atypical
 
@@ -19,7 +19,6 @@ RUNNERS: dict[str, Callable[[Context], dict]] = {
     "once-covered": once_covered, "score-hist": score_hist, "mask-loss": mask_loss, "keep-ratio": keep_ratio,
     "prune-rate": prune_rate, "finetune-epochs": finetune_epochs, "typical-atypical": typical_atypical,
     "overfitting": overfitting, "weights": weights}
-assert tuple(RUNNERS) == ANALYSES
 
 
 def run_analysis(name: str, out: str | Path | None = None, overrides: list[str] = (), quick: bool = False,

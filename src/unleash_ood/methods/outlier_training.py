@@ -11,7 +11,8 @@ fine-tuned (10 epochs, lr 0.01, cosine) on ID batches paired with auxiliary-outl
 ``+UM`` replaces CE(ID) by the flooding loss ``|CE − ζ| + ζ`` and fine-tunes all weights; ``+UMAP``
 keeps the weights frozen (BatchNorm statistics included) and learns an edge-popup mask with the same
 objective. ID and outlier images go through ONE forward pass, so BatchNorm (in train mode) normalizes
-over both, as in the authors' code.
+over both, as in the authors' code; by default the auxiliary batch is as large as the ID batch, so each
+BatchNorm batch is half ID, half auxiliary (see :class:`FinetuneSettings` for larger ratios).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class PairedBatches:
 
     ``id_batches`` is any re-iterable of labelled ``(x, y)`` batches (a shuffled
     :class:`~unleash_ood.evaluate.TensorBatches`). Auxiliary batches of ``aux_batch_size`` images
-    (default: the ID batch size; the paper used 2000) are drawn without replacement from
+    (default: the ID batch size, as in the authors' code; the paper states 2000, which leaves the
+    shared train-mode BatchNorm batches ~97% auxiliary) are drawn without replacement from
     ``aux[indices]`` (all of ``aux`` by default) in a fresh random order at the start of every
     epoch, cycling through a new permutation when the subset runs out within an epoch.
     :meth:`set_indices` swaps the subset between epochs (POEM's per-epoch selection).
