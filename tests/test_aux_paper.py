@@ -126,7 +126,6 @@ def test_specs_and_data_root(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="outliers.aux"):
         load_recipe("cifar10_densenet100_outliers", ["outliers.aux=imagenet"])
     assert OutlierConfig().aux == "builtin" and not OutlierConfig().enabled
-    assert "enabled" not in OutlierConfig().run_kwargs() and OutlierConfig().run_kwargs()["aux"] == "builtin"
 
 
 def test_overlap_with_ood_test_sets_is_refused(tmp_path: Path) -> None:
@@ -155,7 +154,8 @@ def test_outlier_recipes_have_the_paper_settings() -> None:
         assert cfg.model_dump(exclude={"outliers"}) == plain.model_dump(exclude={"outliers"})
         o = cfg.outliers
         assert o.enabled and o.aux == "imagenet64:{data_root}/imagenet64" and o.aux_size == 50000
-        assert (o.epochs, o.lr, o.aux_batch_size) == (10, 0.01, 2000) and cfg.um.optim.schedule == "cosine"
+        # the auxiliary batch is the ID batch (BatchNorm half ID, half auxiliary), as in the authors' code
+        assert (o.epochs, o.lr, o.aux_batch_size) == (10, 0.01, None) and cfg.um.optim.schedule == "cosine"
         assert o.methods == ["oe", "energy", "poem"] and o.withs == ["none", "um", "umap"]
         assert (o.lam, o.energy_weight, o.m_in, o.m_out) == (0.5, 0.1, -25.0, -7.0)
         assert not plain.outliers.enabled

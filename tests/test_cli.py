@@ -167,10 +167,16 @@ def test_oe_command_and_eval_of_an_outlier_run(demo_run: Path, tmp_path: Path) -
     assert {r["model"] for r in again} == {"base", "oe", "oe_umap", "energy", "energy_umap"}
 
 
-def test_demo_with_outliers_merges_the_tables(tmp_path: Path) -> None:
+def test_demo_with_outliers_merges_the_tables(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo_oe"
     assert main(["demo", "--quick", "--with-outliers", "--out", str(out), *SMALL, "outliers.methods=[oe]",
                  "outliers.withs=[none, um]", "outliers.aux_size=300"]) == 0
+    # the printed table comes from the records, and is the file's mean table
+    md = (out / "results.md").read_text()
+    section = "## Mean over" + md.split("## Mean over", 1)[1].split("\n## ", 1)[0].rstrip()
+    assert section in capsys.readouterr().out and "OE+UM (Energy)" in section
+    notes = md.split("## Run", 1)[1]
+    assert "Outlier fine-tuning: see outliers/results.md" in notes and "UM: keep ratio" in notes
     records = json.loads((out / "results.json").read_text())
     assert {r["model"] for r in records} == {"base", "um", "ce_finetune", "umap", "oe", "oe_um"}
     assert {r["model"] for r in records if r["aux"]} == {"oe", "oe_um"}

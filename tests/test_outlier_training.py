@@ -13,6 +13,7 @@ from unleash_ood.evaluate import TensorBatches, collect_outputs
 from unleash_ood.methods.outlier_training import (
     METHODS,
     WITHS,
+    FinetuneSettings,
     PairedBatches,
     finetune_with_outliers,
     outlier_step,
@@ -175,7 +176,7 @@ def test_finetune_with_outliers_runs_every_method_and_variant(method, with_):
     before = state(model)
     zeta = None if with_ == "none" else 0.5
     result = finetune_with_outliers(model, TensorBatches(x, y, batch_size=64, shuffle=True), aux, method, with_,
-                                    zeta, FAST, keep_ratio=0.8, aux_batch_size=32, seed=0)
+                                    zeta, FinetuneSettings(FAST, keep_ratio=0.8, aux_batch_size=32, seed=0))
     assert len(result["history"]) == 1 and result["method"] == method and result["with"] == with_
     after = state(model)
     if with_ == "umap":
@@ -204,13 +205,14 @@ def test_finetune_checks_zeta_and_names():
     x, y = id_data(64)
     batches = TensorBatches(x, y, batch_size=32)
     with pytest.raises(UserError, match="zeta"):
-        finetune_with_outliers(tiny_cnn(), batches, aux_pool(64), "oe", "um", None, FAST)
+        finetune_with_outliers(tiny_cnn(), batches, aux_pool(64), "oe", "um", None, FinetuneSettings(FAST))
     with pytest.raises(UserError, match="zeta"):
-        finetune_with_outliers(tiny_cnn(), batches, aux_pool(64), "oe", "none", 0.3, FAST)
+        finetune_with_outliers(tiny_cnn(), batches, aux_pool(64), "oe", "none", 0.3, FinetuneSettings(FAST))
     with pytest.raises(UserError):
-        finetune_with_outliers(tiny_cnn(), batches, aux_pool(64), "oe", "both", 0.3, FAST)
+        finetune_with_outliers(tiny_cnn(), batches, aux_pool(64), "oe", "both", 0.3, FinetuneSettings(FAST))
     with pytest.raises(UserError, match="POEM"):
-        finetune_with_outliers(tiny_cnn(), batches, aux_pool(64), "poem", poem={"k": 3}, cfg=FAST)
+        finetune_with_outliers(tiny_cnn(), batches, aux_pool(64), "poem",
+                               settings=FinetuneSettings(FAST, poem={"k": 3}))
 
 
 def test_poem_reselects_every_epoch():
@@ -219,8 +221,8 @@ def test_poem_reselects_every_epoch():
     model = tiny_cnn()
     seen_subsets = []
     result = finetune_with_outliers(model, TensorBatches(x, y, batch_size=64, shuffle=True), aux, "poem",
-                                    cfg=OptimConfig(epochs=3, lr=0.01), aux_batch_size=16, seed=1,
-                                    poem={"candidate_factor": 4},
+                                    settings=FinetuneSettings(OptimConfig(epochs=3, lr=0.01), aux_batch_size=16,
+                                                              seed=1, poem={"candidate_factor": 4}),
                                     on_epoch_end=lambda e, r: seen_subsets.append(e))
     selected = result["selected"]
     assert seen_subsets == [1, 2, 3] and len(selected) == 3
@@ -235,7 +237,8 @@ def test_poem_selection_is_reproducible():
     x, y = id_data(128)
     aux = aux_pool(256)
     runs = [finetune_with_outliers(tiny_cnn(), TensorBatches(x, y, batch_size=64, shuffle=True), aux, "poem",
-                                   cfg=OptimConfig(epochs=2, lr=0.01), aux_batch_size=16, seed=5)["selected"]
+                                   settings=FinetuneSettings(OptimConfig(epochs=2, lr=0.01), aux_batch_size=16,
+                                                             seed=5))["selected"]
             for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
@@ -256,7 +259,7 @@ def test_oe_finetune_lowers_the_oe_regularizer_on_the_aux_pool():
     assert acc(base) > 0.9
     tuned = copy.deepcopy(base)
     finetune_with_outliers(tuned, TensorBatches(x, y, batch_size=32, shuffle=True), aux, "oe",
-                           cfg=OptimConfig(epochs=3, lr=0.01), seed=0)
+                           settings=FinetuneSettings(OptimConfig(epochs=3, lr=0.01), seed=0))
     assert reg(tuned) < reg(base) - 0.05
     assert acc(tuned) > 0.9
 
@@ -268,7 +271,8 @@ def test_umap_restores_the_model_when_training_fails():
     model = tiny_cnn()
     before = state(model)
     with pytest.raises(UserError, match="loss became"):
-        finetune_with_outliers(model, TensorBatches(x, y, batch_size=32), aux, "oe", "umap", 0.5, FAST)
+        finetune_with_outliers(model, TensorBatches(x, y, batch_size=32), aux, "oe", "umap", 0.5,
+                               FinetuneSettings(FAST))
     after = state(model)
     assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.requires_grad for p in model.parameters())
@@ -285,14 +289,15 @@ def test_run_outlier_methods_writes_a_run(tmp_path, fmnist_full):
         "data": {"train_size": 256, "val_size": 64, "test_size": 128, "ood": ["gaussian", "photos"],
                  "ood_size": 64, "val_ood_size": 64},
         "model": {"arch": "small_cnn", "kwargs": {"width": 8}}, "scores": ["MSP", "Energy"],
-        "um": {"zeta_draws": 1}})
+        "um": {"zeta_draws": 1},
+        "outliers": {"methods": ["oe", "poem"], "withs": ["none", "umap"], "aux_size": 256, "aux_batch_size": 64,
+                     "epochs": 1}})
     torch.manual_seed(0)
     base = SmallCNN(10, width=8)
     ckpt = save_model(tmp_path / "base.safetensors", base,
                       {"arch": "small_cnn", "model_kwargs": {"width": 8}, "num_classes": 10})
     out = tmp_path / "run"
-    records = run_outlier_methods(cfg, out, ckpt, ["oe", "poem"], ["none", "umap"], aux_size=256,
-                                  aux_batch_size=64, epochs=1)
+    records = run_outlier_methods(cfg, out, ckpt).records
     names = ["base", "oe", "oe_umap", "poem", "poem_umap"]
     assert list(dict.fromkeys(r["model"] for r in records)) == names
     assert all(r["aux"] == (r["model"] != "base") for r in records)
@@ -304,3 +309,38 @@ def test_run_outlier_methods_writes_a_run(tmp_path, fmnist_full):
     assert meta["kind"] == "oe_umap_mask" and meta["with"] == "umap" and masks
     selected, _ = load_tensors(out / "checkpoints" / "poem_selected.safetensors")
     assert list(selected) == ["epoch001"]
+
+
+# --- BatchNorm share of auxiliary images ----------------------------------------------------------
+
+def _bn_batch_sizes(settings: FinetuneSettings | None, id_batch: int) -> list[int]:
+    """Batch sizes the first BatchNorm layer sees during one fine-tuning step (one ID batch)."""
+    x, y = id_data(id_batch)
+    model = tiny_cnn()
+    bn = next(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    seen: list[int] = []
+    bn.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    finetune_with_outliers(model, TensorBatches(x, y, batch_size=id_batch), aux_pool(256), "oe", settings=settings)
+    return seen
+
+
+def test_default_aux_batch_gives_batchnorm_half_id_half_auxiliary():
+    # one epoch of one ID batch: the step's forward, then nothing else through BN in train mode
+    seen = _bn_batch_sizes(FinetuneSettings(OptimConfig(epochs=1, lr=0.01)), id_batch=64)
+    assert seen == [128]  # 64 ID + 64 auxiliary: a 50% auxiliary share
+    assert _bn_batch_sizes(None, id_batch=32)[:1] == [64]  # the library default (10 epochs), first step
+    # a larger ratio stays available, and BatchNorm is then dominated by auxiliary images
+    big = _bn_batch_sizes(FinetuneSettings(OptimConfig(epochs=1, lr=0.01), aux_batch_size=192), id_batch=64)
+    assert big == [256] and 192 / big[0] == 0.75
+
+
+def test_outlier_recipes_default_to_the_id_batch_size():
+    from unleash_ood.config import DemoConfig
+    from unleash_ood.outlier_pipeline import finetune_settings
+    from unleash_ood.recipes import load_recipe
+
+    for name in ("cifar10_densenet100_outliers", "cifar100_densenet100_outliers"):
+        cfg = load_recipe(name, [])
+        assert cfg.outliers.aux_batch_size is None, name
+        assert finetune_settings(cfg, "none").aux_batch_size is None  # PairedBatches: the ID batch size
+    assert DemoConfig().outliers.aux_batch_size is None

@@ -37,14 +37,14 @@ def _config(args: argparse.Namespace) -> DemoConfig:
     return quick(cfg) if getattr(args, "quick", False) else cfg  # type: ignore[return-value]
 
 
-def _print_table(out: Path) -> None:
+def _print_table(records: list[dict], out: Path) -> None:
+    from .report import mean_table
     from .runtime import is_primary
 
     if not is_primary():  # under torchrun only rank 0 writes and prints
         return
-    text = (out / "results.md").read_text()
-    section = text.split("## Mean over", 1)[1].split("\n## ", 1)[0]
-    print("\n## Mean over" + section.rstrip())
+    n_sets = len({r["ood"] for r in records if r["ood"] != "mean"})
+    print(f"\n## Mean over {n_sets} OOD sets\n\n{mean_table(records)}")
     print(f"\nAll results: {out}/results.md (per-set tables), results.json/.csv, scores.npz, plots/")
 
 
@@ -53,10 +53,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .pipeline import run_demo
 
     if args.with_outliers:
-        demo_with_outliers(_config(args), args.out)
+        records = demo_with_outliers(_config(args), args.out)
     else:
-        run_demo(_config(args), args.out, resume=args.resume)
-    _print_table(Path(args.out))
+        records = run_demo(_config(args), args.out, resume=args.resume)
+    _print_table(records, Path(args.out))
 
 
 def cmd_oe(args: argparse.Namespace) -> None:
@@ -74,17 +74,17 @@ def cmd_oe(args: argparse.Namespace) -> None:
         cfg = _config(args)
     chosen = {k: v for k, v in (("methods", args.method), ("withs", args.with_)) if v}
     cfg = validate(DemoConfig, {**cfg.model_dump(), "outliers": {**cfg.outliers.model_dump(), **chosen}})
-    run_outliers(cfg, args.out, args.checkpoint)  # type: ignore[arg-type]
-    _print_table(Path(args.out))
+    records = run_outliers(cfg, args.out, args.checkpoint)  # type: ignore[arg-type]
+    _print_table(records, Path(args.out))
 
 
 def _stage_command(stages: tuple[str, ...]):
     def run(args: argparse.Namespace) -> None:
         from .pipeline import run_pipeline
 
-        run_pipeline(_config(args), args.out, stages, init_checkpoint=getattr(args, "checkpoint", None),
-                     resume=args.resume)
-        _print_table(Path(args.out))
+        records = run_pipeline(_config(args), args.out, stages, init_checkpoint=getattr(args, "checkpoint", None),
+                               resume=args.resume)
+        _print_table(records, Path(args.out))
     return run
 
 
@@ -92,8 +92,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .pipeline import eval_run
 
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    eval_run(args.run, args.ood, out, near_specs=args.near, far_specs=args.far)
-    _print_table(out)
+    records = eval_run(args.run, args.ood, out, near_specs=args.near, far_specs=args.far)
+    _print_table(records, out)
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -162,7 +162,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", metavar="key=value")
     c.set_defaults(func=cmd_config)
     add_paper_parsers(sub)
-    from .reproduce import add_reproduce_parser  # matplotlib and the pipeline: imported only here
+    from .analyses.cli import add_reproduce_parser  # light: the analyses are imported when run
 
     add_reproduce_parser(sub)
     return p

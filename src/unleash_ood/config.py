@@ -118,7 +118,11 @@ class OutlierConfig(_Strict):
 
     ``aux``: the auxiliary pool spec (``builtin``, ``npz:PATH``, ``folder:PATH``, ``imagenet64:DIR``,
     ``tinyimages300k:PATH``; see :mod:`unleash_ood.data.auxiliary`). ``enabled``: ``run`` (recipes)
-    also fine-tunes with outliers after the pipeline, into ``seed_<s>/outliers/``."""
+    also fine-tunes with outliers after the pipeline, into ``seed_<s>/outliers/``. ``aux_batch_size``:
+    auxiliary images per ID batch; None (default) is the ID batch size, as in the authors' code, so
+    BatchNorm sees half ID, half auxiliary images. A larger value (the paper states 2,000 per 64) works,
+    but ID and auxiliary images share one train-mode forward pass, so the BatchNorm statistics are then
+    dominated by auxiliary images."""
 
     enabled: bool = False
     aux: str = "builtin"
@@ -147,10 +151,6 @@ class OutlierConfig(_Strict):
         except UserError as e:
             raise ValueError(str(e)) from None
         return v
-
-    def run_kwargs(self) -> dict:
-        """The keyword arguments of :func:`unleash_ood.outlier_pipeline.run_outlier_methods`."""
-        return self.model_dump(exclude={"scores", "enabled"})
 
 
 class DemoConfig(_Strict):
@@ -214,3 +214,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise UserError(f"override {item!r}: {p!r} is not a section")
         node[parts[-1]] = value
     return data
+
+
+def deep_merge(dst: dict, src: dict) -> dict:
+    """Merge ``src`` into ``dst`` in place (nested dicts merge, any other value replaces); returns ``dst``.
+    Presets are layered with it (e.g. ``gallery.yaml`` < ``gallery_quick.yaml``) before the overrides."""
+    import copy
+
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            deep_merge(dst[k], v)
+        else:
+            dst[k] = copy.deepcopy(v)
+    return dst

@@ -4,7 +4,6 @@ each alone, +UM and +UMAP, evaluated next to the base with every score."""
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +17,9 @@ from .data.auxiliary import aux_record_json, check_aux_overlap, load_aux_pool
 from .data.auxpool import AUX_MIX, AUX_PICTURES
 from .data.transforms import random_shift_flip
 from .errors import UserError
-from .methods.outlier_training import METHODS, WITHS, check_method, finetune_with_outliers, run_name
-from .pipeline import (evaluate_models, model_meta, resolve_zeta, say, start_run,
+from .methods.outlier_training import (METHODS, WITHS, FinetuneSettings, OutlierLoss, check_method,
+                                       finetune_with_outliers, run_name)
+from .pipeline import (RunOutput, evaluate_models, model_meta, resolve_zeta, say, start_run,
                        validation_metrics, write_outputs)
 from .report import write_json
 from .train import OptimConfig
@@ -39,42 +39,47 @@ def _check_lists(methods: Sequence[str], withs: Sequence[str]) -> tuple[list[str
     return methods, withs
 
 
-def outlier_optim(cfg: DemoConfig, with_: str, epochs: int, lr: float, umap_lr: float | None) -> OptimConfig:
-    """Full fine-tuning: the UM optimizer settings with ``epochs``/``lr`` (paper: 10, 0.01, cosine).
-    +UMAP: the UMAP mask optimizer (lr ``umap_lr`` or ``umap.optim.lr``, its weight decay) for ``epochs``."""
+def outlier_optim(cfg: DemoConfig, with_: str) -> OptimConfig:
+    """Full fine-tuning: the UM optimizer settings with ``outliers.epochs``/``lr`` (paper: 10, 0.01, cosine).
+    +UMAP: the UMAP mask optimizer (lr ``outliers.umap_lr`` or ``umap.optim.lr``, its weight decay)."""
+    o = cfg.outliers
     if with_ == "umap":
-        return cfg.umap.optim.model_copy(update={"epochs": epochs, "lr": umap_lr or cfg.umap.optim.lr})
-    return cfg.um.optim.model_copy(update={"epochs": epochs, "lr": lr})
+        return cfg.umap.optim.model_copy(update={"epochs": o.epochs, "lr": o.umap_lr or cfg.umap.optim.lr})
+    return cfg.um.optim.model_copy(update={"epochs": o.epochs, "lr": o.lr})
 
 
-def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: str | Path,
-                        methods: Sequence[str] = METHODS, withs: Sequence[str] = WITHS, aux_size: int = 5000,
-                        aux_batch_size: int | None = None, epochs: int = 10, lr: float = 0.01,
-                        umap_lr: float | None = None, lam: float = 0.5, energy_weight: float = 0.1,
-                        m_in: float = -25.0, m_out: float = -7.0, poem: dict | None = None,
-                        aux: str = "builtin") -> list[dict]:
+def finetune_settings(cfg: DemoConfig, with_: str) -> FinetuneSettings:
+    """The library's :class:`FinetuneSettings` for one variant, from ``cfg.outliers`` (and ``umap``, ``seed``)."""
+    o = cfg.outliers
+    return FinetuneSettings(optim=outlier_optim(cfg, with_), keep_ratio=cfg.umap.keep_ratio, init=cfg.umap.init,
+                            aux_batch_size=o.aux_batch_size,
+                            loss=OutlierLoss(lam=o.lam, energy_weight=o.energy_weight, m_in=o.m_in, m_out=o.m_out),
+                            poem=o.poem, seed=cfg.seed,
+                            aux_augment=random_shift_flip if cfg.data.augment else None)
+
+
+def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: str | Path) -> RunOutput:
     """Fine-tune copies of the base at ``base_checkpoint`` with auxiliary outliers for every
-    (method, variant), evaluate them next to the base, write the run directory; return the records.
+    (method, variant) of ``cfg.outliers``, evaluate them next to the base with ``cfg.scores``, write the run
+    directory; return what was written (:class:`~unleash_ood.pipeline.RunOutput`).
 
-    The auxiliary pool is ``load_aux_pool(aux, image_shape, aux_size, cfg.data.seed)`` (``builtin``: the
-    generated pool, disjoint from every built-in OOD test set; a path spec overlapping an OOD test set of
-    the run is refused); the sampled indices go to ``checkpoints/aux_subset.safetensors``. ζ is estimated
-    once (``um`` settings) when a +UM/+UMAP variant runs; +UMAP uses ``umap.zeta`` when set, like the main
-    pipeline. Records carry ``aux``: whether the model saw auxiliary data (False for the base).
+    The auxiliary pool is ``load_aux_pool(outliers.aux, image_shape, outliers.aux_size, cfg.data.seed)``
+    (``builtin``: the generated pool, disjoint from every built-in OOD test set; a path spec overlapping an
+    OOD test set of the run is refused); the sampled indices go to ``checkpoints/aux_subset.safetensors``.
+    ζ is estimated once (``um`` settings) when a +UM/+UMAP variant runs; +UMAP uses ``umap.zeta`` when set,
+    like the main pipeline. Records carry ``aux``: whether the model saw auxiliary data (False for the base).
     """
-    methods, withs = _check_lists(methods, withs)
-    if aux_size < 1:
-        raise UserError(f"aux_size must be ≥ 1, got {aux_size}")
-    aux_spec = aux
-    check_aux_overlap(aux_spec, cfg.data.ood_specs(), cfg.data.data_root, cfg.data.dataset)
+    o = cfg.outliers
+    methods, withs = _check_lists(o.methods, o.withs)
+    check_aux_overlap(o.aux, cfg.data.ood_specs(), cfg.data.data_root, cfg.data.dataset)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     cfg, prep, base, out = start_run(cfg, out_dir, base_checkpoint)
     meta = model_meta(cfg.model, prep.id, "base")
     write_json(out / "config.json", cfg.model_dump())
     save_model(out / "checkpoints" / "base.safetensors", base, meta)
-    say(f"auxiliary pool: {aux_size} images from {aux_spec} (seed {cfg.data.seed})")
-    aux, aux_rec = load_aux_pool(aux_spec, prep.id.image_shape, n=aux_size, seed=cfg.data.seed,
+    say(f"auxiliary pool: {o.aux_size} images from {o.aux} (seed {cfg.data.seed})")
+    aux, aux_rec = load_aux_pool(o.aux, prep.id.image_shape, n=o.aux_size, seed=cfg.data.seed,
                                  data_root=cfg.data.data_root)
     save_tensors(out / "checkpoints" / "aux_subset.safetensors",
                  {k: v for k, v in aux_rec.items() if isinstance(v, torch.Tensor)},
@@ -82,17 +87,17 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
     timings["data"] = time.perf_counter() - t0
 
     pool_info = {"source": "load_auxiliary_pool" if aux_rec["kind"] == "builtin" else aux_rec["kind"],
-                 "size": aux_size, **aux_record_json(aux_rec),
+                 "size": o.aux_size, **aux_record_json(aux_rec),
                  "indices_file": "checkpoints/aux_subset.safetensors"}
     if aux_rec["kind"] == "builtin":
         pool_info.update(mix=AUX_MIX, pictures=AUX_PICTURES)
     summary: dict = {"base_checkpoint": str(base_checkpoint), "methods": methods, "withs": withs,
                      "aux_pool": pool_info,
-                     "settings": {"epochs": epochs, "lr": lr, "umap_lr": umap_lr or cfg.umap.optim.lr,
-                                  "aux_batch_size": aux_batch_size or cfg.um.optim.batch_size,
-                                  "id_batch_size": cfg.um.optim.batch_size, "lam": lam,
-                                  "energy_weight": energy_weight, "m_in": m_in, "m_out": m_out,
-                                  "umap_keep_ratio": cfg.umap.keep_ratio, "poem": poem or {}}}
+                     "settings": {"epochs": o.epochs, "lr": o.lr, "umap_lr": o.umap_lr or cfg.umap.optim.lr,
+                                  "aux_batch_size": o.aux_batch_size or cfg.um.optim.batch_size,
+                                  "id_batch_size": cfg.um.optim.batch_size, "lam": o.lam,
+                                  "energy_weight": o.energy_weight, "m_in": o.m_in, "m_out": o.m_out,
+                                  "umap_keep_ratio": cfg.umap.keep_ratio, "poem": o.poem or {}}}
     zeta = umap_zeta = None
     if {"um", "umap"} & set(withs):
         t = time.perf_counter()
@@ -115,23 +120,10 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
             model = copy.deepcopy(base)
             batches = prep.train_batches(cfg.um.optim.batch_size, cfg.seed + OUTLIER_ID_SEED_OFFSET,
                                          cfg.data.augment)
-            result = finetune_with_outliers(
-                model, batches, aux, method, with_, z, outlier_optim(cfg, with_, epochs, lr, umap_lr),
-                keep_ratio=cfg.umap.keep_ratio, aux_batch_size=aux_batch_size, poem=poem, seed=cfg.seed,
-                lam=lam, energy_weight=energy_weight, m_in=m_in, m_out=m_out, init=cfg.umap.init,
-                aux_augment=random_shift_flip if cfg.data.augment else None)
+            result = finetune_with_outliers(model, batches, aux, method, with_, z, finetune_settings(cfg, with_))
             run_meta = {**meta, "kind": name, "method": method, "with": with_, "zeta": z,
-                        "aux_size": aux_size, "aux_seed": cfg.data.seed}
-            ck = out / "checkpoints"
-            if result["masks"] is not None:
-                save_masks(ck / f"{name}_mask.safetensors", result["masks"],
-                           {**run_meta, "kind": f"{name}_mask", "keep_ratio": cfg.umap.keep_ratio})
-            else:
-                save_model(ck / f"{name}.safetensors", model, run_meta)
-            if result["selected"] is not None:
-                save_tensors(ck / f"{name}_selected.safetensors",
-                             {f"epoch{e:03d}": idx for e, idx in enumerate(result["selected"], 1)},
-                             {"kind": f"{name}_selected", "aux_size": aux_size, "aux_seed": cfg.data.seed})
+                        "aux_size": o.aux_size, "aux_seed": cfg.data.seed}
+            _save_variant(out / "checkpoints", name, model, result, run_meta, cfg)
             models[name] = (model, result["masks"])
             info = {k: v for k, v in result["aux"].items() if k != "indices"}
             info["num_indices_used"] = len(result["aux"]["indices"])
@@ -150,10 +142,23 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
         r["aux"] = r["model"] != "base"
     summary.update(masked_id_acc=masked_acc, timings_s=timings)
     write_json(out / "summary.json", summary)
-    write_outputs(out, records, flat, by_model, outlier_notes(cfg, prep, summary),
+    notes = outlier_notes(cfg, prep, summary)
+    write_outputs(out, records, flat, by_model, notes,
                   title=f"unleash-ood: {prep.id.name} (ID), fine-tuning with auxiliary outliers")
-    return records
+    return RunOutput(records, flat, notes, summary)
 
+
+def _save_variant(ck: Path, name: str, model: nn.Module, result: dict, run_meta: dict, cfg: DemoConfig) -> None:
+    """A variant's checkpoint (its mask for +UMAP) and POEM's per-epoch selections."""
+    if result["masks"] is not None:
+        save_masks(ck / f"{name}_mask.safetensors", result["masks"],
+                   {**run_meta, "kind": f"{name}_mask", "keep_ratio": cfg.umap.keep_ratio})
+    else:
+        save_model(ck / f"{name}.safetensors", model, run_meta)
+    if result["selected"] is not None:
+        save_tensors(ck / f"{name}_selected.safetensors",
+                     {f"epoch{e:03d}": idx for e, idx in enumerate(result["selected"], 1)},
+                     {"kind": f"{name}_selected", "aux_size": cfg.outliers.aux_size, "aux_seed": cfg.data.seed})
 
 
 def outlier_notes(cfg: DemoConfig, prep, summary: dict) -> str:
@@ -182,27 +187,27 @@ def outlier_notes(cfg: DemoConfig, prep, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _scored(cfg: DemoConfig) -> DemoConfig:
+    return cfg.model_copy(update={"scores": cfg.outliers.scores})
+
+
 def run_outliers(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: str | Path) -> list[dict]:
-    """:func:`run_outlier_methods` with the ``outliers`` section of ``cfg`` (scores: ``outliers.scores``)."""
-    scored = cfg.model_copy(update={"scores": cfg.outliers.scores})
-    return run_outlier_methods(scored, out_dir, base_checkpoint, **cfg.outliers.run_kwargs())
+    """:func:`run_outlier_methods` scored with ``outliers.scores``; returns the records."""
+    return run_outlier_methods(_scored(cfg), out_dir, base_checkpoint).records
 
 
 def demo_with_outliers(cfg: DemoConfig, out_dir: str | Path) -> list[dict]:
     """The demo, then the outlier family from its base into ``OUT/outliers``; one merged table in ``OUT``."""
-    import numpy as np
-
-    from .pipeline import run_demo
+    from .pipeline import demo_stages, run_stages
     from .report import save_results
 
     out = Path(out_dir)
-    records = run_demo(cfg, out)
-    run_outliers(cfg, out / "outliers", out / "checkpoints" / "base.safetensors")
-    extra = [r for r in json.loads((out / "outliers" / "results.json").read_text()) if r["model"] != "base"]
-    merged = [{**r, "aux": False} for r in records] + extra
-    scores = dict(np.load(out / "scores.npz"))
-    scores.update({k: v for k, v in np.load(out / "outliers" / "scores.npz").items() if not k.startswith("base/")})
-    notes = (out / "results.md").read_text().split("## Run", 1)[-1]
+    demo = run_stages(cfg, out, demo_stages(cfg))
+    extra = run_outlier_methods(_scored(cfg), out / "outliers", out / "checkpoints" / "base.safetensors")
+    merged = [{**r, "aux": False} for r in demo.records] + [r for r in extra.records if r["model"] != "base"]
+    scores = {**demo.scores, **{k: v for k, v in extra.scores.items() if not k.startswith("base/")}}
+    # the blank lines as when the notes were cut from the demo's results.md
+    notes = demo.notes + "\n\n\nOutlier fine-tuning: see outliers/results.md for its settings."
     save_results(out, merged, scores, title="unleash-ood demo: Fashion-MNIST (ID), with auxiliary outliers",
-                 notes="## Run" + notes + "\n\nOutlier fine-tuning: see outliers/results.md for its settings.")
+                 notes=notes)
     return merged

@@ -133,13 +133,10 @@ def run_recipe(recipe: str | Path | DemoConfig, seeds: Sequence[int] = (0,), out
 def _run_with_selection(cfg: DemoConfig, out: Path, grid: Sequence[float], epochs: int,
                         init: str | Path | None = None) -> list[dict]:
     """train (or the ``init`` base) → select keep ratio / ζ on validation data → UM, control, UMAP."""
-    import json
-
-    from .pipeline import STAGES, load_checkpoint, prepare_data, run_pipeline
+    from .pipeline import STAGES, load_checkpoint, prepare_data, run_stages
 
     if init is None:
-        run_pipeline(cfg, out, ("train",))
-        train_summary = json.loads((out / "summary.json").read_text())
+        train_summary = run_stages(cfg, out, ("train",)).summary
         base_path: str | Path = out / "checkpoints" / "base.safetensors"
     else:
         train_summary, base_path = {}, str(init)
@@ -153,12 +150,9 @@ def _run_with_selection(cfg: DemoConfig, out: Path, grid: Sequence[float], epoch
     um = cfg.um.model_copy(update={"keep_ratio": sel["keep_ratio"], "zeta": sel["zeta"]})
     cfg = cfg.model_copy(update={"um": um})
     stages = tuple(s for s in STAGES if s != "train" and (cfg.control or s != "control"))
-    records = run_pipeline(cfg, out, stages, init_checkpoint=base_path)
-    summary = json.loads((out / "summary.json").read_text())
-    summary.update(best_epochs=train_summary.get("best_epochs"), train_timings_s=train_summary.get("timings_s"),
-                   keep_selection={k: sel[k] for k in ("keep_ratio", "zeta", "criterion", "val_ood")})
-    write_json(out / "summary.json", summary)
-    return records
+    extra = {"best_epochs": train_summary.get("best_epochs"), "train_timings_s": train_summary.get("timings_s"),
+             "keep_selection": {k: sel[k] for k in ("keep_ratio", "zeta", "criterion", "val_ood")}}
+    return run_stages(cfg, out, stages, init_checkpoint=base_path, extra_summary=extra).records
 
 
 # --------------------------------------------------------------------------- keep-ratio selection

@@ -277,13 +277,31 @@ def start_run(cfg: DemoConfig, out_dir: str | Path, init_checkpoint: str | Path 
 STAGES = ("train", "um", "control", "umap")
 
 
+@dataclass
+class RunOutput:
+    """What a run wrote, as objects: the metric ``records``, the flat per-sample ``scores``
+    (``MODEL/SCORE/DATASET``), the 'Run' ``notes`` of results.md and the ``summary`` (summary.json)."""
+
+    records: list[dict]
+    scores: dict[str, np.ndarray]
+    notes: str
+    summary: dict
+
+
 def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = STAGES,
                  init_checkpoint: str | Path | None = None, resume: bool = False) -> list[dict]:
     """Run ``stages`` (train → ζ → UM, CE control → UMAP), then evaluate every model and write the results.
 
     Without ``train``, the base model comes from ``init_checkpoint`` (copied into the run directory, so
-    ``eval --run`` works on any run). Returns the metric records.
+    ``eval --run`` works on any run). Returns the metric records (:func:`run_stages`: everything).
     """
+    return run_stages(cfg, out_dir, stages, init_checkpoint, resume).records
+
+
+def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = STAGES,
+               init_checkpoint: str | Path | None = None, resume: bool = False,
+               extra_summary: dict | None = None) -> RunOutput:
+    """:func:`run_pipeline`, returning the :class:`RunOutput`; ``extra_summary`` joins summary.json."""
     unknown = set(stages) - set(STAGES)
     if unknown or not stages:
         raise UserError(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
@@ -344,15 +362,20 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] =
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     summary.update(umap_masked_id_acc=masked_acc.get("umap"), timings_s=timings)
-    write_json(out / "summary.json", summary)
-    write_outputs(out, records, flat, by_model, run_notes(cfg, prep, summary),
-                  title=f"unleash-ood: {prep.id.name} (ID)")
-    return records
+    write_json(out / "summary.json", {**summary, **(extra_summary or {})})
+    notes = run_notes(cfg, prep, summary)
+    write_outputs(out, records, flat, by_model, notes, title=f"unleash-ood: {prep.id.name} (ID)")
+    return RunOutput(records, flat, notes, {**summary, **(extra_summary or {})})
+
+
+def demo_stages(cfg: DemoConfig) -> tuple[str, ...]:
+    """The demo's stages: all of them (the CE control only with ``control``)."""
+    return STAGES if cfg.control else ("train", "um", "umap")
 
 
 def run_demo(cfg: DemoConfig, out_dir: str | Path, resume: bool = False) -> list[dict]:
     """The main job: every stage on the embedded default."""
-    return run_pipeline(cfg, out_dir, STAGES if cfg.control else ("train", "um", "umap"), resume=resume)
+    return run_pipeline(cfg, out_dir, demo_stages(cfg), resume=resume)
 
 
 def run_notes(cfg: DemoConfig, prep: Prepared, summary: dict) -> str:

@@ -11,11 +11,13 @@ fine-tuned (10 epochs, lr 0.01, cosine) on ID batches paired with auxiliary-outl
 ``+UM`` replaces CE(ID) by the flooding loss ``|CE − ζ| + ζ`` and fine-tunes all weights; ``+UMAP``
 keeps the weights frozen (BatchNorm statistics included) and learns an edge-popup mask with the same
 objective. ID and outlier images go through ONE forward pass, so BatchNorm (in train mode) normalizes
-over both, as in the authors' code.
+over both, as in the authors' code; by default the auxiliary batch is as large as the ID batch, so each
+BatchNorm batch is half ID, half auxiliary (see :class:`FinetuneSettings` for larger ratios).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -25,11 +27,11 @@ from torch import Tensor, nn
 from .. import runtime
 from ..errors import UserError
 from ..evaluate import TensorBatches, classifier_layer, collect_outputs, split_batch, to_model_input
-from ..masking import add_popup_masks, check_keep_ratio, popup_binary_masks, remove_masks
+from ..masking import check_keep_ratio
 from ..train import OptimConfig, StepLoss, train
 from .outliers import PoemSelector, boundary_targets, energy_loss, oe_loss
 from .um import check_zeta, flooding_loss
-from .umap import frozen_eval_mode
+from .umap import MaskHooks, learn_mask
 
 METHODS: tuple[str, ...] = ("oe", "energy", "poem")
 WITHS: tuple[str, ...] = ("none", "um", "umap")
@@ -66,7 +68,8 @@ class PairedBatches:
 
     ``id_batches`` is any re-iterable of labelled ``(x, y)`` batches (a shuffled
     :class:`~unleash_ood.evaluate.TensorBatches`). Auxiliary batches of ``aux_batch_size`` images
-    (default: the ID batch size; the paper used 2000) are drawn without replacement from
+    (default: the ID batch size, as in the authors' code; the paper states 2000, which leaves the
+    shared train-mode BatchNorm batches ~97% auxiliary) are drawn without replacement from
     ``aux[indices]`` (all of ``aux`` by default) in a fresh random order at the start of every
     epoch, cycling through a new permutation when the subset runs out within an epoch.
     :meth:`set_indices` swaps the subset between epochs (POEM's per-epoch selection).
@@ -241,21 +244,50 @@ class PoemSchedule:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class OutlierLoss:
+    """The regularizers' settings (Appendix A): OE weight ``lam``; the energy hinges' ``energy_weight``
+    and margins ``m_in``, ``m_out`` (Energy w. D_aux and POEM)."""
+
+    lam: float = 0.5
+    energy_weight: float = 0.1
+    m_in: float = -25.0
+    m_out: float = -7.0
+
+
+@dataclasses.dataclass
+class FinetuneSettings:
+    """How :func:`finetune_with_outliers` fine-tunes (defaults: the paper's 10 epochs, lr 0.01, cosine).
+
+    ``optim``: the optimizer (for +UMAP the learning rate applies to the mask scores). ``keep_ratio``,
+    ``init``: the +UMAP mask. ``aux_batch_size``: auxiliary images per ID batch; None (default) uses the
+    ID batch size, as the authors' code, so each train-mode BatchNorm batch is half ID, half auxiliary.
+    A larger value (the paper states 2,000 per ID batch of 64) is allowed, but ID and auxiliary images go
+    through one forward pass, so the BatchNorm batch statistics are then dominated by auxiliary images
+    (~97% at 2,000 : 64). ``poem`` overrides ``POEM_DEFAULTS``; ``seed`` drives the auxiliary order, the
+    mask init and POEM's sampling; ``aux_augment(x, generator=...)`` augments the auxiliary batches.
+    """
+
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(epochs=10, lr=0.01))
+    keep_ratio: float = 0.8
+    init: str = "kaiming"
+    aux_batch_size: int | None = None
+    loss: OutlierLoss = OutlierLoss()
+    poem: dict | None = None
+    seed: int = 0
+    aux_augment: Callable[..., Tensor] | None = None
+
+
 def finetune_with_outliers(model: nn.Module, id_batches: Iterable, aux_pool: Tensor, method: str,
-                           with_: str = "none", zeta: float | None = None, cfg: OptimConfig | None = None,
-                           keep_ratio: float = 0.8, aux_batch_size: int | None = None, poem: dict | None = None,
-                           seed: int = 0, lam: float = 0.5, energy_weight: float = 0.1, m_in: float = -25.0,
-                           m_out: float = -7.0, init: str = "kaiming",
-                           aux_augment: Callable[..., Tensor] | None = None,
+                           with_: str = "none", zeta: float | None = None, settings: FinetuneSettings | None = None,
                            on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Fine-tune ``model`` (in place; for ``umap`` only a mask is learned) with auxiliary outliers.
 
     ``method``: ``oe``, ``energy`` or ``poem``. ``with_``: ``none`` (CE + regularizer, all weights),
     ``um`` (flooded CE at ``zeta`` + regularizer, all weights) or ``umap`` (same objective, weights and
-    BatchNorm statistics frozen, an edge-popup mask keeping ``keep_ratio`` of each layer learned;
-    the weights are bit-identical afterwards). ``zeta`` is required for ``um``/``umap`` and must be
-    None for ``none``. ``cfg`` defaults to the paper's fine-tuning: 10 epochs, lr 0.01, cosine (for
-    ``umap`` the learning rate applies to the mask scores). ``poem`` overrides ``POEM_DEFAULTS``.
+    BatchNorm statistics frozen, an edge-popup mask keeping ``settings.keep_ratio`` of each layer learned
+    by :func:`~unleash_ood.methods.umap.learn_mask`; the weights are bit-identical afterwards). ``zeta``
+    is required for ``um``/``umap`` and must be None for ``none``. ``settings``: :class:`FinetuneSettings`.
 
     Returns ``{"method", "with", "zeta", "masks" (umap) or None, "history", "selected"
     (POEM: per-epoch pool indices) or None, "aux": {"pool_size", "indices", "seed", "aux_batch_size",
@@ -267,44 +299,36 @@ def finetune_with_outliers(model: nn.Module, id_batches: Iterable, aux_pool: Ten
         raise UserError(f"{method}: zeta is only used with +UM/+UMAP (with_='um' or 'umap'), got zeta={zeta}")
     if with_ != "none" and zeta is None:
         raise UserError(f"{method}+{with_.upper()} needs the loss level zeta")
+    s = settings or FinetuneSettings()
     if with_ == "umap":
-        check_keep_ratio(keep_ratio)
-    cfg = cfg or OptimConfig(epochs=10, lr=0.01)
-    settings = poem_settings(poem) if method == "poem" else None
-    step = outlier_step(method, zeta, lam=lam, energy_weight=energy_weight, m_in=m_in, m_out=m_out)
-    paired = PairedBatches(id_batches, aux_pool, aux_batch_size, seed=seed, augment=aux_augment)
+        check_keep_ratio(s.keep_ratio)
+    poem = poem_settings(s.poem) if method == "poem" else None
+    step = outlier_step(method, zeta, **dataclasses.asdict(s.loss))
+    paired = PairedBatches(id_batches, aux_pool, s.aux_batch_size, seed=s.seed, augment=s.aux_augment)
     name = run_name(method, with_)
+    schedule = (PoemSchedule(model, _id_images(id_batches), aux_pool, paired, poem, s.seed)
+                if poem is not None else None)
 
-    trainable = {p: p.requires_grad for p in model.parameters()}
-    params = masks = schedule = None
-    try:
-        if with_ == "umap":  # as learn_umap_mask: frozen weights, learnable popup scores
-            for p in trainable:
-                p.requires_grad_(False)
-            params = add_popup_masks(model, keep_ratio, init=init, seed=seed)
-        if settings is not None:
-            schedule = PoemSchedule(model, _id_images(id_batches), aux_pool, paired, settings, seed)
+    def epoch_end(epoch: int, record: dict) -> None:
+        if schedule is not None and epoch < s.optim.epochs:
+            schedule.select()  # the next epoch's outliers, from the model as it is now
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+
+    masks = None
+    if with_ == "umap":  # epoch 1's outliers are chosen with the initial mask attached
+        learned = learn_mask(model, paired, step, s.keep_ratio, s.optim, s.init, s.seed,
+                             MaskHooks(on_start=schedule.select if schedule else None, on_epoch_end=epoch_end,
+                                       desc=name))
+        masks, history = learned.masks, learned.history
+    else:
+        if schedule is not None:
             schedule.select()  # epoch 1's outliers
-
-        def epoch_end(epoch: int, record: dict) -> None:
-            if schedule is not None and epoch < cfg.epochs:
-                schedule.select()  # the next epoch's outliers, from the model as it is now
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, record)
-
-        history = train(model, paired, cfg, step, params=params, on_epoch_end=epoch_end,
-                        train_mode=frozen_eval_mode if with_ == "umap" else None, desc=name)
-        if with_ == "umap":
-            masks = popup_binary_masks(model)
-    finally:
-        if with_ == "umap":
-            remove_masks(model)
-            for p, flag in trainable.items():
-                p.requires_grad_(flag)
+        history = train(model, paired, s.optim, step, on_epoch_end=epoch_end, desc=name)
 
     selected = schedule.selected if schedule is not None else None
     used = torch.unique(torch.cat(selected)) if selected else torch.arange(len(aux_pool))
-    aux_info = {"pool_size": len(aux_pool), "indices": used, "seed": seed, "aux_batch_size": paired.aux_batch_size,
+    aux_info = {"pool_size": len(aux_pool), "indices": used, "seed": s.seed, "aux_batch_size": paired.aux_batch_size,
                 "aux_per_epoch": paired.aux_per_epoch}
     if schedule is not None:
         aux_info.update(schedule.info())

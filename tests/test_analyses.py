@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from unleash_ood import reproduce
+from unleash_ood.analyses import cli as reproduce_cli
+from unleash_ood.analyses.cache import add_fc_dropout
+from unleash_ood.analyses.presets import ANALYSES, SCHEDULES, build_config
 from unleash_ood.models import build_model
 
 
@@ -19,7 +21,7 @@ def run_cli(argv: list[str]) -> int:
 
     p = cli.parser()
     subs = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
-    return cli.main(argv) if "reproduce" in subs.choices else reproduce.main(argv)
+    return cli.main(argv) if "reproduce" in subs.choices else reproduce_cli.main(argv)
 
 
 EXPECTED = {
@@ -46,7 +48,7 @@ def table(out: Path, name: str) -> list[dict]:
     return json.loads((out / f"{name}.json").read_text())
 
 
-@pytest.mark.parametrize("name", reproduce.ANALYSES)
+@pytest.mark.parametrize("name", ANALYSES)
 def test_quick_analysis_writes_figures_and_tables(name: str, root: Path) -> None:
     out, docs = root / name, root / "gallery"
     assert run_cli(["reproduce", name, "--quick", "--out", str(out), "--docs", str(docs)]) == 0
@@ -65,8 +67,8 @@ def test_quick_analysis_writes_figures_and_tables(name: str, root: Path) -> None
 
     if name == "once-covered":
         rows = table(out, "once_covered")
-        assert sorted({r["schedule"] for r in rows}) == sorted(reproduce.SCHEDULES)
-        assert len(rows) == len(reproduce.SCHEDULES) * 2  # Energy and MSP
+        assert sorted({r["schedule"] for r in rows}) == sorted(SCHEDULES)
+        assert len(rows) == len(SCHEDULES) * 2  # Energy and MSP
         for r in rows:
             assert 1 <= r["best_epoch"] <= r["final_epoch"] and r["val_selected_epoch"] <= r["final_epoch"]
             assert r["best_FPR95"] <= r["final_FPR95"]
@@ -135,16 +137,16 @@ def test_unknown_parameter_exits_2(tmp_path: Path, capsys) -> None:
 
 
 def test_overrides_and_quick_in_config() -> None:
-    cfg, params = reproduce.build_config("keep-ratio", ["base.epochs=3", "analysis.keep_ratios=[0.9]"], quick=True)
+    cfg, params = build_config("keep-ratio", ["base.epochs=3", "analysis.keep_ratios=[0.9]"], quick=True)
     assert cfg.base.epochs == 3 and params["keep_ratios"] == [0.9] and cfg.data.train_size == 600
-    cfg, _ = reproduce.build_config("keep-ratio")
+    cfg, _ = build_config("keep-ratio")
     assert cfg.data.train_size == 6000 and cfg.base.epochs == 20
 
 
 def test_fc_dropout_hook_keeps_the_architecture() -> None:
     torch.manual_seed(0)
     plain = build_model("small_cnn", 10, width=8)
-    model = reproduce.add_fc_dropout(build_model("small_cnn", 10, width=8), 0.5)
+    model = add_fc_dropout(build_model("small_cnn", 10, width=8), 0.5)
     model.load_state_dict(plain.state_dict())
     assert set(model.state_dict()) == set(plain.state_dict())
     x = torch.rand(16, 1, 28, 28)
@@ -157,6 +159,29 @@ def test_fc_dropout_hook_keeps_the_architecture() -> None:
 
 
 def test_build_config_from_a_paper_recipe() -> None:
-    cfg, _ = reproduce.build_config("keep-ratio", ["base.epochs=2"], recipe="cifar10_densenet100")
+    cfg, _ = build_config("keep-ratio", ["base.epochs=2"], recipe="cifar10_densenet100")
     assert cfg.data.dataset == "cifar10" and cfg.model.arch == "densenet100" and cfg.base.epochs == 2
     assert cfg.um.keep_ratio == 0.975
+
+
+def test_presets_runners_and_names_agree() -> None:
+    from unleash_ood.analyses.presets import load_preset
+    from unleash_ood.analyses.runner import RUNNERS
+
+    gallery, quick = load_preset("gallery"), load_preset("gallery_quick")
+    assert tuple(RUNNERS) == ANALYSES == tuple(gallery["analyses"])
+    assert set(quick["analyses"]) <= set(ANALYSES)
+    for name, params in quick["analyses"].items():  # the quick preset only overrides known parameters
+        assert set(params) <= set(gallery["analyses"][name]), name
+    assert list(gallery["analyses"]["once-covered"]["schedules"]) == list(SCHEDULES)
+
+
+def test_parser_module_imports_neither_matplotlib_nor_the_analyses() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, unleash_ood.analyses.cli; "
+            "print(sorted(m for m in ('matplotlib', 'unleash_ood.analyses.runner', 'unleash_ood.analyses.figures') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,213 @@
+"""Sub-run caching for the analyses: every sub-run writes into its own folder and leaves a
+``result.json`` marker, and a re-run skips finished sub-runs. Base trainings are shared between
+analyses in ``<out>/../_base_<hash>``, keyed by everything that determines them; ζ, UM and UMAP runs
+on a base, and its evaluations, are cached inside that folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import atomic_write, load_masks, save_masks, save_model
+from ..config import DataConfig, DemoConfig
+from ..errors import UserError
+from ..pipeline import (Prepared, build, evaluate_models, load_checkpoint, model_meta, prepare_data, resolve_zeta,
+                        run_um, run_umap, say, train_base)
+from ..report import write_json
+
+
+def stable_hash(obj) -> str:
+    """A short, stable hash of a JSON-able object (cache folder names)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def add_fc_dropout(model: nn.Module, p: float) -> nn.Module:
+    """Dropout(p) on the classifier's input in training mode, as a forward pre-hook on ``model.fc``
+    (SmallCNN has no dropout; the state dict and the architecture are unchanged)."""
+    if p > 0:
+        model.fc.register_forward_pre_hook(lambda m, args: (F.dropout(args[0], p, m.training),))
+    return model
+
+
+class PrepCache:
+    """The prepared data of the last data config: analyses run in one process (``all``) load it once."""
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._prep: Prepared | None = None
+
+    def get(self, data: DataConfig, seed: int) -> Prepared:
+        key = stable_hash(data.model_dump())
+        if key != self._key:
+            torch.manual_seed(seed)
+            self._key, self._prep = key, prepare_data(data)
+        return self._prep  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class BaseRun:
+    """A finished base training (shared between analyses)."""
+
+    dir: Path
+    log: list[dict]
+    ctx: Context
+
+    def epochs(self) -> list[int]:
+        return [r["epoch"] for r in self.log]
+
+    def load(self, epoch: int | None = None) -> nn.Module:
+        name = "base.safetensors" if epoch is None else f"base_epoch{epoch:03d}.safetensors"
+        model, _ = load_checkpoint(self.dir / "checkpoints" / name, self.ctx.prep.id.num_classes)
+        model.eval()
+        return model
+
+    def best_val_epoch(self, score: str) -> int:
+        """The epoch with the lowest FPR95 on the VALIDATION OOD set (never on test OOD sets)."""
+        if "val_ood" not in self.log[0]:
+            raise UserError("selecting an epoch needs a validation split (data.val_size > 0)")
+        return self.log[int(np.argmin([r["val_ood"][score]["fpr95"] for r in self.log]))]["epoch"]
+
+    def best_val_acc_epoch(self) -> int:
+        return self.log[int(np.argmax([r["val_acc"] for r in self.log]))]["epoch"]
+
+
+class Context:
+    """One analysis run: config, parameters, output folder, shared base folder, lazily prepared data,
+    progress, and the PNGs written so far."""
+
+    def __init__(self, name: str, cfg: DemoConfig, params: dict, out: Path, prep_cache: PrepCache | None = None
+                 ) -> None:
+        self.name, self.cfg, self.params, self.out = name, cfg, params, out
+        self.shared = out.parent
+        self._cache = prep_cache or PrepCache()
+        self._prep: Prepared | None = None
+        self.step_no = 0
+        self.pngs: list[Path] = []
+
+    @property
+    def prep(self) -> Prepared:
+        if self._prep is None:
+            self._prep = self._cache.get(self.cfg.data, self.cfg.seed)
+        return self._prep
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the data was loaded (an analysis that failed early never loads it)."""
+        return self._prep is not None
+
+    def subrun(self, d: Path, label: str, fn: Callable[[Path], dict]) -> dict:
+        """Run ``fn(d)`` unless ``d/result.json`` exists; the result dict is that file."""
+        self.step_no += 1
+        marker = d / "result.json"
+        if marker.is_file():
+            say(f"[{self.name}] ({self.step_no}) {label}: done earlier, skipped")
+            return json.loads(marker.read_text())
+        say(f"[{self.name}] ({self.step_no}) {label} ...")
+        t = time.perf_counter()
+        d.mkdir(parents=True, exist_ok=True)
+        res = fn(d)
+        res["wall_s"] = round(time.perf_counter() - t, 1)
+        write_json(marker, res)
+        say(f"[{self.name}] ({self.step_no}) {label}: finished in {res['wall_s']:.0f}s")
+        return res
+
+    # -- shared base training ------------------------------------------------------------
+    def base(self, schedule: str | None = None, weight_decay: float | None = None, dropout: float = 0.0,
+             track: bool = True) -> BaseRun:
+        cfg = self.cfg
+        optim = cfg.base.model_copy(update={k: v for k, v in (("schedule", schedule), ("weight_decay", weight_decay))
+                                            if v is not None})
+        data = cfg.data.model_dump(exclude={"data_root", "download"})
+        eval_every = cfg.eval_every if track else optim.epochs
+        key = {"data": data, "model": cfg.model.model_dump(), "base": optim.model_dump(), "eval_every": eval_every,
+               "track_scores": cfg.track_scores, "seed": cfg.seed, "dropout": dropout}
+        d = self.shared / f"_base_{stable_hash(key)}"
+        label = f"base training ({optim.schedule}, wd {optim.weight_decay}, dropout {dropout}, {optim.epochs} epochs)"
+
+        def run(d: Path) -> dict:
+            write_json(d / "config.json", key)
+            torch.manual_seed(cfg.seed)
+            model = add_fc_dropout(build(cfg.model, self.prep.id.num_classes), dropout)
+            log = train_base(model, self.prep, optim, d, eval_every, cfg.track_scores, cfg.data.augment, cfg.seed,
+                             cfg.model)
+            return {"epochs": [r["epoch"] for r in log]}
+
+        self.subrun(d, label, run)
+        log = [json.loads(line) for line in (d / "train_log.jsonl").read_text().splitlines()]
+        return BaseRun(d, log, self)
+
+    # -- UM / UMAP on a base (cached in the base folder) ----------------------------------------
+    def zeta(self, base: BaseRun, keep_ratio: float | None = None, epoch: int | None = None) -> dict:
+        um = self.cfg.um if keep_ratio is None else self.cfg.um.model_copy(update={"keep_ratio": keep_ratio})
+        key = {"keep": um.keep_ratio, "zeta": um.zeta, "draws": um.zeta_draws, "epoch": epoch, "seed": self.cfg.seed}
+        return self.subrun(base.dir / "zeta" / stable_hash(key), f"ζ at keep ratio {um.keep_ratio}",
+                           lambda d: resolve_zeta(base.load(epoch), self.prep, um, self.cfg.seed).as_dict())
+
+    def um(self, base: BaseRun, keep_ratio: float | None = None, epochs: int | None = None,
+           zeta: float | None = None) -> tuple[nn.Module, dict]:
+        um = self.cfg.um
+        if keep_ratio is not None:
+            um = um.model_copy(update={"keep_ratio": keep_ratio})
+        if epochs is not None:
+            um = um.model_copy(update={"optim": um.optim.model_copy(update={"epochs": epochs})})
+        z = self.zeta(base, um.keep_ratio)["mean"] if zeta is None else zeta
+        key = {"um": um.model_dump(), "zeta": z, "seed": self.cfg.seed, "augment": self.cfg.data.augment}
+        d = base.dir / "um" / stable_hash(key)
+
+        def run(d: Path) -> dict:
+            tuned, hist = run_um(base.load(), self.prep, um, z, self.cfg.seed, self.cfg.data.augment)
+            save_model(d / "um.safetensors", tuned, {**model_meta(self.cfg.model, self.prep.id, "um"), "zeta": z})
+            return {"config": key, "zeta": z, "history": hist}
+
+        info = self.subrun(d, f"UM (keep {um.keep_ratio}, ζ {z:.4f}, {um.optim.epochs} epochs)", run)
+        model, _ = load_checkpoint(d / "um.safetensors", self.prep.id.num_classes)
+        return model.eval(), info
+
+    def umap(self, base: BaseRun, keep_ratio: float | None = None, epochs: int | None = None,
+             zeta: float | None = None) -> tuple[dict, dict]:
+        cfg = self.cfg.umap
+        if keep_ratio is not None:
+            cfg = cfg.model_copy(update={"keep_ratio": keep_ratio})
+        if epochs is not None:
+            cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": epochs})})
+        if zeta is None:
+            zeta = cfg.zeta if cfg.zeta is not None else self.zeta(base)["mean"]
+        key = {"umap": cfg.model_dump(), "zeta": zeta, "seed": self.cfg.seed, "augment": self.cfg.data.augment}
+        d = base.dir / "umap" / stable_hash(key)
+        what = "plain pruning (ζ = 0)" if zeta == 0 else f"UMAP (ζ {zeta:.4f})"
+
+        def run(d: Path) -> dict:
+            masks, hist = run_umap(base.load(), self.prep, cfg, zeta, self.cfg.seed, self.cfg.data.augment)
+            save_masks(d / "mask.safetensors", masks, {"keep_ratio": cfg.keep_ratio, "zeta": zeta})
+            return {"config": key, "zeta": zeta, "history": hist}
+
+        info = self.subrun(d, f"{what}, keep {cfg.keep_ratio}, {cfg.optim.epochs} epochs", run)
+        return load_masks(d / "mask.safetensors")[0], info
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, d: Path, label: str, models: Callable[[], dict], scores: list[str] | None = None,
+                 keep_scores: bool = False) -> dict:
+        """Evaluate ``models()`` (name → (model, mask|None)) once; the mean rows, cached in ``d``."""
+        scores = scores or self.cfg.scores
+
+        def run(d: Path) -> dict:
+            records, flat, _, masked_acc = evaluate_models(models(), self.prep, scores)
+            if keep_scores:
+                atomic_write(d / "scores.npz", lambda tmp: _savez(tmp, flat))
+            return {"records": records, "masked_acc": masked_acc}
+
+        return self.subrun(d, label, run)
+
+
+def _savez(tmp: str, arrays: dict) -> None:
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
