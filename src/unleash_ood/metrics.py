@@ -1,7 +1,11 @@
-"""OOD metrics with in-distribution as the POSITIVE class (the paper's convention), in percent.
+"""OOD metrics in percent. Scores follow "higher = more in-distribution".
 
-Scores follow "higher = more in-distribution". pytorch-ood and OpenOOD treat OOD as positive
-for FPR95, which can give very different numbers on the same scores.
+Two FPR95 conventions exist and can differ a lot on the same scores:
+
+- ``fpr95`` (ID positive; the paper's and energy_ood's): % of OOD samples accepted at the threshold
+  that accepts 95% of ID samples (:func:`fpr_at_95_tpr`).
+- ``fpr95_ood_positive`` (OpenOOD v1.5's and pytorch-ood's): % of ID samples flagged as OOD at the
+  threshold that catches 95% of OOD samples (:func:`fpr_at_95_tpr_ood_positive`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ def fpr_at_95_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.
     return float(fprs[np.searchsorted(tprs, tpr, side="left")])
 
 
+def fpr_at_95_tpr_ood_positive(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """Fraction of ID samples flagged as OOD at the first threshold that flags ≥ 95% of OOD samples."""
+    labels, scores = _labels_scores(id_scores, ood_scores)
+    fprs, tprs, _ = roc_curve(1 - labels, -scores, drop_intermediate=False)
+    return float(fprs[np.searchsorted(tprs, tpr, side="left")])
+
+
 def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """Area under the ROC curve, ID positive."""
     return float(roc_auc_score(*_labels_scores(id_scores, ood_scores)))
@@ -46,8 +57,9 @@ def aupr_out(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
 
 
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
-    """FPR95, AUROC, AUPR-In and AUPR-Out, all ×100."""
+    """FPR95 in both conventions, AUROC, AUPR-In and AUPR-Out, all ×100."""
     return {"fpr95": 100 * fpr_at_95_tpr(id_scores, ood_scores),
+            "fpr95_ood_positive": 100 * fpr_at_95_tpr_ood_positive(id_scores, ood_scores),
             "auroc": 100 * auroc(id_scores, ood_scores),
             "aupr_in": 100 * aupr_in(id_scores, ood_scores),
             "aupr_out": 100 * aupr_out(id_scores, ood_scores)}
