@@ -60,6 +60,11 @@ class Prepared:
         return {name: self.batches(x) for name, x in self.ood.items()}
 
 
+def groups_of(prep: Prepared) -> dict[str, str] | None:
+    """The OOD sets' near/far groups (``Prepared.groups`` once the data loader sets it; else all far)."""
+    return getattr(prep, "groups", None)
+
+
 def prepare_data(cfg: DataConfig, ood_specs: list[str] | None = None) -> Prepared:
     """Load the ID splits and the OOD suite (``ood_specs`` overrides the config's list)."""
     say(f"loading {cfg.dataset} and OOD sets")
@@ -196,7 +201,7 @@ def evaluate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prep
             masked_acc[name] = ev.id_acc
             test = collect_outputs(model, prep.batches(*prep.id.test))
             ev.id_acc = accuracy(test.logits.numpy(), test.labels.numpy())
-        records += ev.records(name)
+        records += ev.records(name, groups_of(prep))
         flat.update(flatten_scores(name, ev.scores))
         by_model[name] = ev.scores
     return records, flat, by_model, masked_acc
