@@ -41,9 +41,10 @@ def _print_table(out: Path) -> None:
 
     if not is_primary():  # under torchrun only rank 0 writes and prints
         return
-    text = (out / "results.md").read_text()
-    section = text.split("## Mean over", 1)[1].split("\n## ", 1)[0]
-    print("\n## Mean over" + section.rstrip())
+    lines = (out / "results.md").read_text().splitlines()  # the near/far and mean tables, not the per-set ones
+    start = next(i for i, line in enumerate(lines) if line.startswith("#") and "Near and far OOD" in line)
+    end = next(i for i, line in enumerate(lines) if line.startswith("#") and "per OOD set" in line)
+    print("\n" + "\n".join(lines[start:end]).rstrip())
     print(f"\nAll results: {out}/results.md (per-set tables), results.json/.csv, scores.npz, plots/")
 
 
@@ -51,10 +52,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .outlier_pipeline import demo_with_outliers
     from .pipeline import run_demo
 
-    if args.with_outliers:
-        demo_with_outliers(_config(args), args.out)
+    def run(cfg: DemoConfig, out: str | Path) -> None:
+        if args.with_outliers:
+            demo_with_outliers(cfg, out)
+        else:
+            run_demo(cfg, out, resume=args.resume)
+
+    if args.seeds is not None:
+        from .cli_paper import _seeds_and_overrides
+        from .seeds import run_seeds
+
+        seeds, args.overrides = _seeds_and_overrides(args)  # key=value after --seeds are overrides
+        run_seeds(_config(args), seeds, args.out, run)
     else:
-        run_demo(_config(args), args.out, resume=args.resume)
+        run(_config(args), args.out)
     _print_table(Path(args.out))
 
 
@@ -117,6 +128,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
     d.add_argument("--with-outliers", action="store_true",
                    help="also fine-tune with auxiliary outliers (OE, Energy, POEM; alone, +UM, +UMAP)")
+    d.add_argument("--seeds", nargs="+", metavar="N",
+                   help="one run per seed into OUT/seed<N>/ (finished ones reused), then OUT/results.* = "
+                        "mean ± std over the seeds")
     d.set_defaults(func=cmd_demo)
 
     o = sub.add_parser("oe", help="fine-tune a checkpoint with auxiliary outliers (OE, Energy, POEM)",

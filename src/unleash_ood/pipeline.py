@@ -29,11 +29,10 @@ from .metrics import accuracy, ood_metrics
 from .models import build_model
 from .plots import plot_score_histograms, plot_training_curve
 from . import runtime
-from .report import OUTLIER_LABELS, flatten_scores, save_results, write_json
+from .report import MODEL_ORDER, OUTLIER_LABELS, flatten_scores, save_results, write_json
 from .train import NonFiniteLossError, OptimConfig, ResumeState, train
 
 EVAL_BATCH = 512
-MODEL_ORDER = ("base", "um", "ce_finetune", "umap")
 
 
 def say(msg: str) -> None:
@@ -300,7 +299,8 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] =
         log = train_base(model, prep, cfg.base, out, cfg.eval_every, cfg.track_scores, cfg.data.augment,
                          cfg.seed, cfg.model, resume=resume)
         timings["train"] = time.perf_counter() - t
-        plot_training_curve(log, out / "plots" / "fpr95_along_training.png", scores=cfg.track_scores[:2])
+        plot_training_curve(log, out / "plots" / "fpr95_along_training.png", scores=cfg.track_scores[:2],
+                            groups=groups_of(prep))
         summary["best_epochs"] = best_epochs(log, cfg.track_scores)
     else:
         save_model(out / "checkpoints" / "base.safetensors", model, meta)
