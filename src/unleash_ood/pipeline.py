@@ -161,9 +161,15 @@ def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, 
 def resolve_zeta(model: nn.Module, prep: Prepared, cfg: UMConfig, seed: int) -> ZetaEstimate:
     """ζ given directly, or estimated over ``zeta_draws`` random masks on the training set."""
     if cfg.zeta is not None:
-        return ZetaEstimate(keep_ratio=cfg.keep_ratio, values=[cfg.zeta])
-    say(f"estimating zeta: keep ratio {cfg.keep_ratio}, {cfg.zeta_draws} mask draws")
-    return estimate_zeta(model, prep.batches(*prep.id.train), cfg.keep_ratio, cfg.zeta_draws, seed)
+        return ZetaEstimate(keep_ratio=cfg.keep_ratio, values=[cfg.zeta], estimator=cfg.zeta_estimator)
+    say(f"estimating zeta: keep ratio {cfg.keep_ratio}, {cfg.zeta_draws} mask draws, {cfg.zeta_estimator}")
+    return estimate_zeta(model, prep.batches(*prep.id.train), cfg.keep_ratio, cfg.zeta_draws, seed,
+                         cfg.zeta_estimator)
+
+
+def zeta_line(zeta: ZetaEstimate) -> str:
+    return (f"zeta = {zeta.value:.4f} ({zeta.estimator} of {len(zeta.values)} draw(s); "
+            f"mean {zeta.mean:.4f} ± {zeta.sd:.4f}, median {zeta.median:.4f})")
 
 
 def run_um(base: nn.Module, prep: Prepared, cfg: UMConfig, zeta: float, seed: int,
@@ -310,21 +316,21 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] =
     if {"um", "control", "umap"} & set(stages):
         t = time.perf_counter()
         zeta = resolve_zeta(model, prep, cfg.um, cfg.seed)
-        say(f"zeta = {zeta.mean:.4f} ± {zeta.sd:.4f} over {len(zeta.values)} draw(s)")
+        say(zeta_line(zeta))
         write_json(out / "zeta.json", zeta.as_dict())
         summary["zeta"] = zeta.as_dict()
         timings["zeta"] = time.perf_counter() - t
     for name, stage_zeta in (("um", "um"), ("ce_finetune", "control")):
         if stage_zeta in stages:
             t = time.perf_counter()
-            z = zeta.mean if name == "um" else 0.0
+            z = zeta.value if name == "um" else 0.0
             tuned, histories[name] = run_um(model, prep, cfg.um, z, cfg.seed, cfg.data.augment)
             save_model(out / "checkpoints" / f"{name}.safetensors", tuned, {**meta, "kind": name, "zeta": z})
             models[name] = (tuned, None)
             timings[name] = time.perf_counter() - t
     if "umap" in stages:
         t = time.perf_counter()
-        umap_zeta = cfg.umap.zeta if cfg.umap.zeta is not None else zeta.mean
+        umap_zeta = cfg.umap.zeta if cfg.umap.zeta is not None else zeta.value
         masks, histories["umap"] = run_umap(model, prep, cfg.umap, umap_zeta, cfg.seed, cfg.data.augment)
         save_masks(out / "checkpoints" / "umap_mask.safetensors", masks,
                    {**meta, "kind": "umap_mask", "keep_ratio": cfg.umap.keep_ratio, "zeta": umap_zeta})
@@ -361,8 +367,9 @@ def run_notes(cfg: DemoConfig, prep: Prepared, summary: dict) -> str:
         lines.append(f"- base model from {summary['init_checkpoint']}")
     if "zeta" in summary:
         z = summary["zeta"]
-        lines.append(f"- UM: keep ratio {cfg.um.keep_ratio}, ζ = {z['mean']:.4f} ± {z['sd']:.4f} "
-                     f"({len(z['values'])} draw(s)); fine-tune {cfg.um.optim.epochs} epochs, lr {cfg.um.optim.lr}")
+        lines.append(f"- UM: keep ratio {cfg.um.keep_ratio}, ζ = {z['value']:.4f} ({z['estimator']} of "
+                     f"{len(z['values'])} draw(s): {', '.join(f'{v:.4f}' for v in z['values'])}; mean {z['mean']:.4f} "
+                     f"± {z['sd']:.4f}); fine-tune {cfg.um.optim.epochs} epochs, lr {cfg.um.optim.lr}")
     if "umap_zeta" in summary:
         lines.append(f"- UMAP: keep ratio {cfg.umap.keep_ratio}, ζ = {summary['umap_zeta']:.4f}, "
                      f"{cfg.umap.optim.epochs} epochs; ID-ACC shown is the deployed (unmasked) model's; "
