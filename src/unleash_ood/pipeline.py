@@ -168,6 +168,7 @@ def resolve_zeta(model: nn.Module, prep: Prepared, cfg: UMConfig, seed: int) -> 
 
 
 def zeta_line(zeta: ZetaEstimate) -> str:
+    """One log line: the chosen ζ, its estimator, and the draws' mean ± sd and median."""
     return (f"zeta = {zeta.value:.4f} ({zeta.estimator} of {len(zeta.values)} draw(s); "
             f"mean {zeta.mean:.4f} ± {zeta.sd:.4f}, median {zeta.median:.4f})")
 

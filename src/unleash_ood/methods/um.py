@@ -85,7 +85,7 @@ class ZetaEstimate:
 
     keep_ratio: float
     values: list[float] = field(default_factory=list)
-    estimator: str = "mean"
+    estimator: str = "median"
 
     @property
     def value(self) -> float:
