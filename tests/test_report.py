@@ -127,3 +127,15 @@ def test_run_seeds_runs_each_seed_once_and_reuses_finished(tmp_path: Path) -> No
     other = cfg.model_copy(update={"um": cfg.um.model_copy(update={"keep_ratio": 0.9})})
     with pytest.raises(UserError, match="another configuration.*um.keep_ratio"):
         run_seeds(other, [0], tmp_path, run_one)
+
+
+def test_training_curve_with_near_and_far(tmp_path: Path) -> None:
+    from unleash_ood.plots import plot_training_curve
+
+    log = [{"epoch": e, "id_acc": 80.0 + e, "train_ce": 1.0 / e,
+            "ood": {ds: {"Energy": {"fpr95": v - e}, "MSP": {"fpr95": v + e}}
+                    for ds, v in (("glyphs", 60.0), ("noise", 20.0), ("textures", 30.0))}} for e in (1, 2, 3)]
+    path = plot_training_curve(log, tmp_path / "curve.png", groups={"glyphs": "near"})
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(UserError, match="unknown OOD group"):
+        plot_training_curve(log, tmp_path / "bad.png", groups={"glyphs": "close"})

@@ -34,11 +34,11 @@ def plot_training_curve(log: Sequence[dict], path: str | Path, scores: Sequence[
     means (when ``groups`` puts sets in both; a set it leaves out is far) and the mean over all sets
     (thick), plus ID accuracy."""
     epochs = [r["epoch"] for r in log]
+    sets = list(log[0]["ood"])
+    group_of = set_groups(sets, groups)  # checked before a figure exists
+    two_groups = len(set(group_of.values())) == 2
     fig, axes = plt.subplots(1, len(scores) + 1, figsize=(5 * (len(scores) + 1), 4))
     for ax, score in zip(axes, scores):
-        sets = list(log[0]["ood"])
-        group_of = set_groups(sets, groups)
-        two_groups = len(set(group_of.values())) == 2
         for ds in sets:  # with near and far sets: reds for near, blues for far
             same = [d for d in sets if group_of[d] == group_of[ds]]
             shade = 0.45 + 0.4 * same.index(ds) / max(1, len(same) - 1)
