@@ -50,7 +50,11 @@ def test_demo_quick_writes_every_result(demo_run: Path) -> None:
     log = [json.loads(line) for line in (demo_run / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3] and "digits" in log[0]["ood"] and "val_ood" in log[0]
     zeta = json.loads((demo_run / "zeta.json").read_text())
-    assert len(zeta["values"]) == 2 and zeta["mean"] == pytest.approx(np.mean(zeta["values"]))
+    assert len(zeta["values"]) == 3 and zeta["mean"] == pytest.approx(np.mean(zeta["values"]))
+    assert zeta["estimator"] == "median" and zeta["value"] == zeta["median"] == pytest.approx(np.median(zeta["values"]))
+    assert load_tensors(demo_run / "checkpoints/um.safetensors")[1]["zeta"] == pytest.approx(zeta["value"])
+    assert all({"group", "fpr95_ood_positive"} <= set(r) for r in records)
+    assert {r["ood"] for r in records if r["group"] == "aggregate"} == {"far", "mean"}  # built-in sets: far
     masks, meta = load_masks(demo_run / "checkpoints/umap_mask.safetensors")
     assert meta["keep_ratio"] == 0.8
     assert all(abs(m.float().mean().item() - 0.8) < 0.01 for m in masks.values())
@@ -60,13 +64,40 @@ def test_demo_quick_writes_every_result(demo_run: Path) -> None:
     assert 0 <= validation["umap"]["Energy"]["fpr95"] <= 100 and validation["umap"]["val_acc"] > 0
 
 
+@pytest.mark.slow
+def test_demo_quick_over_two_seeds(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "seeds"
+    assert main(["demo", "--quick", "--seeds", "0", "1", "--out", str(out)]) == 0
+    for s in (0, 1):
+        cfg = json.loads((out / f"seed{s}" / "config.json").read_text())
+        assert cfg["seed"] == s and cfg["data"]["seed"] == s
+    agg = json.loads((out / "results.json").read_text())
+    one = json.loads((out / "seed0" / "results.json").read_text())
+    assert {(r["model"], r["score"], r["ood"]) for r in agg} == {(r["model"], r["score"], r["ood"]) for r in one}
+    metrics = ("fpr95", "fpr95_ood_positive", "auroc", "aupr_in", "aupr_out", "id_acc")
+    assert all(r["n_seeds"] == 2 and all(f"{k}_std" in r for k in metrics) for r in agg)
+    two = json.loads((out / "seed1" / "results.json").read_text())
+    row = next(r for r in agg if (r["model"], r["score"], r["ood"]) == ("um", "Energy", "mean"))
+    pair = [next(r for r in rs if (r["model"], r["score"], r["ood"]) == ("um", "Energy", "mean")) for rs in (one, two)]
+    assert row["fpr95"] == pytest.approx(np.mean([p["fpr95"] for p in pair]))
+    assert row["fpr95_std"] == pytest.approx(np.std([p["fpr95"] for p in pair], ddof=1))
+    assert " ± " in (out / "results.md").read_text() and "fpr95_std" in (out / "results.csv").read_text()
+    assert "Near and far OOD" in capsys.readouterr().out
+    # a re-run reuses both finished seeds; a repeated seed is refused
+    stamp = (out / "seed0" / "results.json").stat().st_mtime_ns
+    assert main(["demo", "--quick", "--seeds", "0", "1", "--out", str(out)]) == 0
+    assert (out / "seed0" / "results.json").stat().st_mtime_ns == stamp
+    assert main(["demo", "--quick", "--seeds", "1", "1", "--out", str(out)]) == 2
+    assert "repeated seed" in capsys.readouterr().err
+
+
 def test_eval_run_on_a_user_npz(demo_run: Path, tmp_path: Path) -> None:
     npz = tmp_path / "blobs.npz"
     np.savez(npz, images=np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))
     out = tmp_path / "ev"
     assert main(["eval", "--run", str(demo_run), "--ood", f"npz:{npz}", "digits", "--out", str(out)]) == 0
     records = json.loads((out / "results.json").read_text())
-    assert {r["ood"] for r in records} == {"blobs", "digits", "mean"}
+    assert {r["ood"] for r in records} == {"blobs", "digits", "far", "mean"}
     assert {r["model"] for r in records} == {"base", "um", "ce_finetune", "umap"}
     assert np.load(out / "scores.npz")["umap/Energy/blobs"].shape == (64,)
 

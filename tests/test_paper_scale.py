@@ -180,13 +180,13 @@ def test_run_recipe_end_to_end(root: Path, tmp_path: Path, cifar_patch) -> None:
     assert set(res) == {0, 1}
     for s in (0, 1):
         recs = json.loads((out / f"seed_{s}" / "results.json").read_text())
-        assert {r["ood"] for r in recs} == {"cifar100", "svhn", "textures", "mean"}
+        assert {r["ood"] for r in recs} == {"cifar100", "svhn", "textures", "far", "mean"}
         assert {r["model"] for r in recs} == {"base", "um", "ce_finetune", "umap"}
         cfg = json.loads((out / f"seed_{s}" / "config.json").read_text())
         assert cfg["seed"] == s and cfg["data"]["dataset"] == "cifar10"
     assert (out / "ood_cache" / "svhn.npz").is_file()
     md = (out / "report.md").read_text()
-    assert "cifar10 / small_cnn" in md and "Energy+UM" in md and " ± " in md and "svhn FPR95" in md
+    assert "cifar10 / small_cnn" in md and "Energy+UM" in md and " ± " in md and "svhn (far)" in md
     agg = json.loads((out / "report.json").read_text())
     assert all(r["n_seeds"] == 2 for r in agg)
 
@@ -230,18 +230,21 @@ def test_aggregate_mean_and_std(tmp_path: Path) -> None:
     recs = aggregate([tmp_path / "r"])
     get = {(r["model"], r["ood"]): r for r in recs}
     um_svhn = get[("um", "svhn")]
-    assert um_svhn["n_seeds"] == 3 and um_svhn["fpr95_mean"] == pytest.approx(30.0)
+    assert um_svhn["n_seeds"] == 3 and um_svhn["fpr95"] == pytest.approx(30.0)
     assert um_svhn["fpr95_std"] == pytest.approx(10.0)  # sample std of 20, 30, 40
-    assert get[("base", "svhn")]["fpr95_mean"] == pytest.approx(40.0)
-    assert get[("um", "mean")]["id_acc_mean"] == pytest.approx(95.0) and get[("um", "mean")]["id_acc_std"] == pytest.approx(1.0)
-    assert get[("um", "mean")]["fpr95_mean"] == pytest.approx(35.0)
+    assert um_svhn["group"] == "far"  # records written before groups existed: far
+    assert get[("base", "svhn")]["fpr95"] == pytest.approx(40.0)
+    assert get[("um", "mean")]["id_acc"] == pytest.approx(95.0) and get[("um", "mean")]["id_acc_std"] == pytest.approx(1.0)
+    assert get[("um", "mean")]["fpr95"] == pytest.approx(35.0)
     write_report([tmp_path / "r"], tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "| Energy | 86.50 ± 0.50 | 91.00 ± 0.00 | 45.00 ± 5.00 | 95.00 ± 1.00 | 3 |" in md
-    assert "| Energy+UM | 86.50 ± 0.50 | 91.00 ± 0.00 | 35.00 ± 5.00 | 95.00 ± 1.00 | 3 |" in md
-    assert "svhn FPR95 ↓" in md and "30.00 ± 10.00" in md
+    # old records: no fpr95_ood_positive column values
+    assert "| Energy | 3 | 86.50 ± 0.50 | 91.00 ± 0.00 | 45.00 ± 5.00 |  | 95.00 ± 1.00 |" in md
+    assert "| Energy+UM | 3 | 86.50 ± 0.50 | 91.00 ± 0.00 | 35.00 ± 5.00 |  | 95.00 ± 1.00 |" in md
+    assert "| Method | svhn (far) | lsun (far) | mean |" in md and "30.00 ± 10.00" in md
     csv_lines = (tmp_path / "out" / "report.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("setting,model,score,ood,n_seeds,fpr95_mean,fpr95_std")
+    assert csv_lines[0].startswith("setting,model,score,ood,group,fpr95,fpr95_ood_positive,auroc")
+    assert "n_seeds,fpr95_std" in csv_lines[0]
     assert json.loads((tmp_path / "out" / "report.json").read_text())[0]["n_seeds"] == 3
     # a single run: std 0
     one = aggregate([tmp_path / "r" / "seed_0"])

@@ -10,7 +10,8 @@ import torch
 
 from unleash_ood.errors import UserError
 from unleash_ood.detectors import FitData, build_detector
-from unleash_ood.evaluate import TensorBatches, collect_outputs, evaluate, input_scores
+from unleash_ood.evaluate import Evaluation, TensorBatches, collect_outputs, evaluate, input_scores
+from unleash_ood.metrics import ood_metrics
 from unleash_ood.scores import energy_score, max_logit_score, msp_score, odin_score
 
 E = math.e
@@ -198,20 +199,47 @@ def test_evaluate_arrays_accuracy_and_mean_row(trained_cnn, fmnist_small) -> Non
     np.testing.assert_allclose(ev.scores["id"]["Energy"], torch.logsumexp(logits, 1).numpy(), rtol=1e-5)
 
     rows = ev.records("cnn")
-    assert len(rows) == 5 * 3
-    keys = ("fpr95", "auroc", "aupr_in", "aupr_out")
+    assert len(rows) == 5 * 4  # two sets, their "far" group (every set, without groups) and the mean
+    keys = ("fpr95", "fpr95_ood_positive", "auroc", "aupr_in", "aupr_out")
     for score in ev.scores["id"]:
-        per_set = [r for r in rows if r["score"] == score and r["ood"] != "mean"]
+        per_set = [r for r in rows if r["score"] == score and r["group"] != "aggregate"]
         (mean,) = [r for r in rows if r["score"] == score and r["ood"] == "mean"]
-        assert {r["ood"] for r in per_set} == {"noise", "flipped"}
+        (far,) = [r for r in rows if r["score"] == score and r["ood"] == "far"]
+        assert {r["ood"] for r in per_set} == {"noise", "flipped"} and {r["group"] for r in per_set} == {"far"}
         for k in keys:
             assert mean[k] == pytest.approx((per_set[0][k] + per_set[1][k]) / 2, abs=1e-12)
+            assert far[k] == mean[k]
         assert mean["id_acc"] == ev.id_acc and mean["model"] == "cnn"
     # per-set rows are the metrics of the stored scores
     from unleash_ood.metrics import auroc
 
     row = next(r for r in rows if r["score"] == "MSP" and r["ood"] == "noise")
     assert row["auroc"] == pytest.approx(100 * auroc(ev.scores["id"]["MSP"], ev.scores["noise"]["MSP"]))
+
+
+def test_records_group_aggregates() -> None:
+    rng = np.random.default_rng(0)
+    id_s = rng.normal(2.0, 1.0, 200)
+    ood = {"a": rng.normal(1.5, 1.0, 150), "b": rng.normal(1.0, 1.0, 100), "c": rng.normal(-1.0, 1.0, 120)}
+    ev = Evaluation(scores={"id": {"Energy": id_s}, **{k: {"Energy": v} for k, v in ood.items()}}, id_acc=91.0)
+    rows = ev.records("um", groups={"a": "near", "b": "near"})  # c: far by default
+    by = {r["ood"]: r for r in rows}
+    assert list(by) == ["a", "b", "c", "near", "far", "mean"]
+    assert [by[k]["group"] for k in by] == ["near", "near", "far", "aggregate", "aggregate", "aggregate"]
+    m = {k: ood_metrics(id_s, v) for k, v in ood.items()}
+    for key in ("fpr95", "fpr95_ood_positive", "auroc", "aupr_in", "aupr_out"):
+        assert by["near"][key] == pytest.approx((m["a"][key] + m["b"][key]) / 2)
+        assert by["far"][key] == pytest.approx(m["c"][key])
+        assert by["mean"][key] == pytest.approx((m["a"][key] + m["b"][key] + m["c"][key]) / 3)  # not of groups
+    assert by["near"]["auroc"] < by["far"]["auroc"]  # the nearer sets are harder here
+    assert all(r["id_acc"] == 91.0 and r["model"] == "um" for r in rows)
+    # only near sets: no far row
+    assert [r["ood"] for r in ev.records("x", {"a": "near", "b": "near", "c": "near"})][-2:] == ["near", "mean"]
+    with pytest.raises(UserError, match="unknown OOD group"):
+        ev.records("x", {"a": "middle"})
+    bad = Evaluation(scores={"id": {"Energy": id_s}, "mean": {"Energy": ood["a"]}}, id_acc=91.0)
+    with pytest.raises(UserError, match="may not be named 'mean'"):
+        bad.records("x")
 
 
 def test_evaluate_subset_and_errors(trained_cnn, fmnist_small) -> None:

@@ -13,7 +13,8 @@ from conftest import assert_state_equal, state_copy
 from unleash_ood.errors import UserError
 from unleash_ood.evaluate import TensorBatches, split_batch
 from unleash_ood.masking import maskable_layers, random_layer_masks
-from unleash_ood.methods.um import estimate_zeta, flooding_loss, flooding_step, mean_cross_entropy, unleash
+from unleash_ood.methods.um import (ZetaEstimate, estimate_zeta, flooding_loss, flooding_step, mean_cross_entropy,
+                                   robust_zeta, unleash)
 from unleash_ood.train import NonFiniteLossError, OptimConfig, ce_step, train
 
 
@@ -102,9 +103,49 @@ def test_estimate_zeta_three_draws(trained_cnn, fmnist_small) -> None:
     assert len(set(est.values)) == 3
     assert est.mean == pytest.approx(statistics.mean(expected), rel=1e-6)
     assert est.sd == pytest.approx(statistics.stdev(expected), rel=1e-4)
+    # the default estimator is the median of the draws
+    assert est.estimator == "median" and est.value == est.median == pytest.approx(statistics.median(expected))
     d = est.as_dict()
     assert d["values"] == est.values and d["mean"] == est.mean and d["sd"] == est.sd
+    assert d["estimator"] == "median" and d["value"] == est.value and d["median"] == est.median
     assert_state_equal(trained_cnn, reference)
+    # the same draws under another estimator: only the chosen value changes
+    again = estimate_zeta(trained_cnn, TensorBatches(x, y, batch_size=64), 0.8, draws=3, seed=2, estimator="mean")
+    assert again.values == est.values and again.value == pytest.approx(statistics.mean(expected))
+
+
+def test_robust_zeta_ignores_one_destructive_draw() -> None:
+    # issue 8's seed 1: three draws 0.38, 1.29, 0.16 -> mean 0.61, dominated by the 1.29 draw
+    seed1 = [0.38, 1.29, 0.16]
+    assert robust_zeta(seed1, "mean") == pytest.approx(0.61)
+    assert robust_zeta(seed1, "median") == pytest.approx(0.38)
+    assert robust_zeta(seed1, "trimmed_mean") == pytest.approx(0.38)  # 3 draws: drop 0.16 and 1.29
+    calm = [0.21, 0.19, 0.20, 0.22]
+    for estimator in ("median", "trimmed_mean"):
+        with_outlier = robust_zeta([*calm, 2.5], estimator)  # one destructive draw among five
+        assert with_outlier == pytest.approx(0.21)
+        assert robust_zeta([*calm, 250.0], estimator) == with_outlier  # however destructive
+    assert robust_zeta([*calm, 2.5], "mean") == pytest.approx(0.664)
+    assert robust_zeta(calm, "median") == pytest.approx(0.205)  # even count: mean of the middle two
+    assert robust_zeta(calm, "trimmed_mean") == pytest.approx(0.205)  # drop 0.19 and 0.22
+    assert robust_zeta([0.3, 0.5], "trimmed_mean") == pytest.approx(0.4)  # two draws: nothing to trim
+    assert robust_zeta([0.3], "median") == 0.3
+    with pytest.raises(UserError, match="unknown zeta estimator"):
+        robust_zeta(calm, "mode")
+    est = ZetaEstimate(keep_ratio=0.9, values=[*calm, 2.5], estimator="median")
+    assert est.value == pytest.approx(0.21) and est.mean == pytest.approx(0.664) and est.sd > 1
+
+
+def test_zeta_estimator_config() -> None:
+    from unleash_ood.config import DemoConfig, UMConfig, validate
+
+    assert (UMConfig().zeta_estimator, UMConfig().zeta_draws) == ("median", 5)
+    cfg = validate(DemoConfig, {"um": {"zeta_estimator": "trimmed_mean"}})
+    assert cfg.um.zeta_estimator == "trimmed_mean"
+    with pytest.raises(UserError, match="um.zeta_estimator"):
+        validate(DemoConfig, {"um": {"zeta_estimator": "mode"}})
+    with pytest.raises(UserError, match="um.zeta_draws"):
+        validate(DemoConfig, {"um": {"zeta_draws": 0}})
 
 
 def test_estimate_zeta_full_keep_is_plain_ce(trained_cnn, fmnist_small) -> None:
@@ -124,6 +165,8 @@ def test_estimate_zeta_invalid_draws_and_empty(trained_cnn, fmnist_small) -> Non
     batches = TensorBatches(fmnist_small[0][:32], fmnist_small[1][:32])
     with pytest.raises(UserError, match="draws"):
         estimate_zeta(trained_cnn, batches, 0.9, draws=0)
+    with pytest.raises(UserError, match="unknown zeta estimator"):
+        estimate_zeta(trained_cnn, batches, 0.9, estimator="mode")
     with pytest.raises(UserError, match="empty"):
         estimate_zeta(trained_cnn, [], 0.9, draws=1)
     # the failed estimate left no mask behind

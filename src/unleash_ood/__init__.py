@@ -3,8 +3,8 @@
 The Python API, one call per step (see README):
 
 >>> zeta = estimate_zeta(model, train_loader, keep_ratio=0.95)          # ζ of a random mask m_δ
->>> unleash(model, train_loader, zeta.mean, OptimConfig(epochs=10, lr=0.05))   # UM, in place
->>> masks, _ = learn_umap_mask(model, train_loader, zeta.mean, 0.8, OptimConfig(epochs=10))  # UMAP
+>>> unleash(model, train_loader, zeta.value, OptimConfig(epochs=10, lr=0.05))   # UM, in place
+>>> masks, _ = learn_umap_mask(model, train_loader, zeta.value, 0.8, OptimConfig(epochs=10))  # UMAP
 >>> result = evaluate(model, test_loader, {"svhn": svhn_loader}, train=train_loader, num_classes=10)
 """
 

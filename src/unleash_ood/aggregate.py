@@ -1,11 +1,15 @@
-"""``report RUN_DIR…``: mean ± standard deviation over seeds of finished runs' ``results.json``.
+"""Mean ± standard deviation over seeds of finished runs' ``results.json`` — the one aggregation that
+both ``report RUN_DIR…`` and ``demo --seeds`` use.
 
-A RUN_DIR is a run (holding ``results.json``) or a folder of runs (``seed_*/results.json``, as written
-by ``unleash-ood run``); a run's ``outliers/`` sub-run (OE / Energy / POEM fine-tuning, written by
-``run`` when the recipe's ``outliers.enabled``) is included, without its copy of the base model. Runs
-are grouped by setting (ID dataset × architecture, from each run's ``config.json``); within a setting, records are matched on (model, score, OOD set). The standard
-deviation is the sample one (ddof = 1; 0 for a single seed). Output: ``report.md`` (Table 1 shape:
-metrics averaged over OOD sets; Table 2 shape: FPR95 / AUROC per OOD set), ``report.csv``, ``report.json``.
+A RUN_DIR is a run (holding ``results.json``) or a folder of runs (``*/results.json``: ``seed_<s>/`` from
+``run``, ``seed<s>/`` from ``demo --seeds``); a run's ``outliers/`` sub-run (OE / Energy / POEM
+fine-tuning) is included, without the records its parent already holds (its copy of the base model). Runs are grouped by setting (ID dataset ×
+architecture, from each run's ``config.json``); within a setting, records are matched on (model, score,
+OOD set), the per-set and the near / far / mean aggregate records alike.
+
+An aggregate record has the keys of a run's record (``model``, ``score``, ``ood``, ``group``, every
+metric — now the mean over seeds), plus ``<metric>_std`` for every metric (the sample standard deviation,
+ddof = 1; 0 for a single seed), ``n_seeds``, ``setting`` and ``runs``.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .report import CONVENTION, METRIC_KEYS, _md_table, dicts_csv, row_label, write_json, write_text
-
-AGG_KEYS = ("setting", "model", "score", "ood", "n_seeds")
+from .report import (AGGREGATES, CONVENTION, METRIC_KEYS, markdown_sections, records_csv, sort_records,
+                     write_json, write_text)
 
 
 def find_runs(run_dirs: Sequence[str | Path]) -> list[Path]:
+    """Every finished run under ``run_dirs`` (each itself a run or a folder of runs), outlier sub-runs too."""
     runs: list[Path] = []
     for d in map(Path, run_dirs):
         if (d / "results.json").is_file():
@@ -48,14 +52,21 @@ def _setting(run: Path) -> str:
         return "run"
 
 
+def _group(rec: dict) -> str:
+    """A record's group; records written before groups existed count as far (aggregates: 'aggregate')."""
+    return rec.get("group") or ("aggregate" if rec["ood"] in AGGREGATES else "far")
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
 def aggregate(run_dirs: Sequence[str | Path]) -> list[dict]:
-    """Records ``{setting, model, score, ood, n_seeds, runs, <metric>_mean, <metric>_std …}``."""
-    groups: dict[tuple, list[dict]] = {}
+    """Records over seeds: a run's record keys (metrics = means) + ``<metric>_std``, ``n_seeds``,
+    ``setting``, ``runs`` (see the module docstring)."""
+    matched: dict[tuple, list[dict]] = {}
+    seen: dict[Path, set[tuple]] = {}
     runs = find_runs(run_dirs)
     for run in runs:
         try:
@@ -63,90 +74,48 @@ def aggregate(run_dirs: Sequence[str | Path]) -> list[dict]:
         except json.JSONDecodeError as e:
             raise UserError(f"corrupt {run / 'results.json'}: {e}") from None
         setting = _setting(run)
-        nested = run.parent in runs  # an outlier run inside a run: its 'base' is the parent's, already counted
+        # an outlier run inside a run adds only what its parent lacks (its 'base' is the parent's; the
+        # demo's merged table already holds the outlier models)
+        skip = seen.get(run.parent, set())
+        seen[run] = {(r["model"], r["score"], r["ood"]) for r in records}
         for r in records:
-            if nested and r.get("aux") is False:
-                continue
-            groups.setdefault((setting, r["model"], r["score"], r["ood"]), []).append({**r, "_run": str(run)})
+            if (r["model"], r["score"], r["ood"]) not in skip:
+                matched.setdefault((setting, r["model"], r["score"], r["ood"]), []).append({**r, "_run": str(run)})
     out = []
-    for (setting, model, score, ood), rs in groups.items():
-        rec = {"setting": setting, "model": model, "score": score, "ood": ood, "n_seeds": len(rs),
-               "runs": [r["_run"] for r in rs]}
+    for (setting, model, score, ood), rs in matched.items():
+        groups = {_group(r) for r in rs}
+        if len(groups) > 1:
+            raise UserError(f"OOD set {ood!r} is in different groups across runs ({', '.join(sorted(groups))}); "
+                            "aggregate runs with the same near/far groups")
+        rec = {"setting": setting, "model": model, "score": score, "ood": ood, "group": groups.pop(),
+               **({"aux": rs[0]["aux"]} if "aux" in rs[0] else {})}
+        stds = {}
         for k in METRIC_KEYS:
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
-                rec[f"{k}_mean"], rec[f"{k}_std"] = _mean_std(vals)
-        out.append(rec)
+                rec[k], stds[f"{k}_std"] = _mean_std(vals)
+        out.append({**rec, "n_seeds": len(rs), **stds, "runs": [r["_run"] for r in rs]})
     return out
 
 
-def _pm(rec: dict, key: str) -> str:
-    if f"{key}_mean" not in rec:
-        return ""
-    return f"{rec[f'{key}_mean']:.2f} ± {rec[f'{key}_std']:.2f}"
-
-
-def _ordered(values) -> list:
-    return list(dict.fromkeys(values))
-
-
-def overall_table(records: Sequence[dict]) -> str:
-    """Table 1's shape: one row per score (+ method), metrics averaged over the OOD sets, mean ± std."""
-    rows = [[row_label(r["model"], r["score"]), _pm(r, "auroc"), _pm(r, "aupr_in"), _pm(r, "fpr95"),
-             _pm(r, "id_acc"), str(r["n_seeds"])]
-            for r in _sorted(records) if r["ood"] == "mean"]
-    return _md_table(["Method", "AUROC ↑", "AUPR ↑", "FPR95 ↓", "ID-ACC ↑", "seeds"], rows)
-
-
-def _sorted(records: Sequence[dict]) -> list[dict]:
-    """Scores grouped, base model first within a score (the paper's row order: Energy, Energy+UM, …)."""
-    from .pipeline import MODEL_ORDER
-
-    scores = _ordered(r["score"] for r in records)
-    models = _ordered(r["model"] for r in records)
-    rank = {m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER) + models.index(m)) for m in models}
-    return sorted(records, key=lambda r: (scores.index(r["score"]), rank[r["model"]]))
-
-
-def per_set_table(records: Sequence[dict]) -> str:
-    """Table 2's shape: one row per (score, method); per OOD set FPR95 ↓ and AUROC ↑ as mean ± std."""
-    sets = [s for s in _ordered(r["ood"] for r in records) if s != "mean"]
-    cell = {(r["model"], r["score"], r["ood"]): r for r in records}
-    header = ["Method"] + [f"{s} {m}" for s in sets for m in ("FPR95 ↓", "AUROC ↑")]
-    rows = []
-    for r in _sorted(records):
-        if r["ood"] != "mean":
-            continue
-        row = [row_label(r["model"], r["score"])]
-        for s in sets:
-            c = cell.get((r["model"], r["score"], s))
-            row += [_pm(c, "fpr95"), _pm(c, "auroc")] if c else ["", ""]
-        rows.append(row)
-    return _md_table(header, rows)
-
-
-def report_markdown(records: Sequence[dict]) -> str:
-    parts = ["# unleash-ood: results over seeds", "", CONVENTION,
-             "Cells are mean ± sample standard deviation over seeds.", ""]
-    for setting in _ordered(r["setting"] for r in records):
+def report_markdown(records: Sequence[dict], title: str = "unleash-ood: results over seeds") -> str:
+    """Per setting: the near/far, mean and per-set tables, each cell mean ± std over seeds."""
+    parts = [f"# {title}", "", CONVENTION, "",
+             "Cells are mean ± sample standard deviation over seeds (ddof = 1; the seeds column counts them).", ""]
+    records = sort_records(records)
+    for setting in dict.fromkeys(r["setting"] for r in records):
         rs = [r for r in records if r["setting"] == setting]
-        n = len(_ordered(r["ood"] for r in rs if r["ood"] != "mean"))
         runs = sorted({run for r in rs for run in r["runs"]})
-        parts += [f"## {setting}", "", f"Runs: {', '.join(runs)}", "",
-                  f"### Mean over {n} OOD sets (Table 1 shape)", "", overall_table(rs), "",
-                  "### Per OOD set (Table 2 shape)", "", per_set_table(rs), ""]
+        parts += [f"## {setting}", "", f"Runs: {', '.join(runs)}", "", *markdown_sections(rs, level=3)]
     return "\n".join(parts)
 
 
-def report_csv(records: Sequence[dict]) -> str:
-    return dicts_csv(records, [*AGG_KEYS] + [f"{k}_{s}" for k in METRIC_KEYS for s in ("mean", "std")])
-
-
-def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[dict]:
-    """Aggregate and write ``report.md``, ``report.csv``, ``report.json`` into ``out_dir``."""
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, stem: str = "report",
+                 title: str = "unleash-ood: results over seeds") -> list[dict]:
+    """Aggregate and write ``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` into ``out_dir``."""
     records = aggregate(run_dirs)
     out = Path(out_dir)
-    write_json(out / "report.json", records)
-    write_text(out / "report.csv", report_csv(records))
-    write_text(out / "report.md", report_markdown(records))
+    write_json(out / f"{stem}.json", records)
+    write_text(out / f"{stem}.csv", records_csv(records))
+    write_text(out / f"{stem}.md", report_markdown(records, title))
     return records

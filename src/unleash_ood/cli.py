@@ -38,13 +38,14 @@ def _config(args: argparse.Namespace) -> DemoConfig:
 
 
 def _print_table(records: list[dict], out: Path) -> None:
-    from .report import mean_table
+    from .report import group_table, mean_table
     from .runtime import is_primary
 
     if not is_primary():  # under torchrun only rank 0 writes and prints
         return
-    n_sets = len({r["ood"] for r in records if r["ood"] != "mean"})
-    print(f"\n## Mean over {n_sets} OOD sets\n\n{mean_table(records)}")
+    sets = {r["ood"] for r in records if r.get("group") != "aggregate" and r["ood"] != "mean"}
+    print(f"\n## Near and far OOD\n\n{group_table(records)}")
+    print(f"\n## Mean over {len(sets)} OOD sets\n\n{mean_table(records)}")
     print(f"\nAll results: {out}/results.md (per-set tables), results.json/.csv, scores.npz, plots/")
 
 
@@ -52,10 +53,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .outlier_pipeline import demo_with_outliers
     from .pipeline import run_demo
 
-    if args.with_outliers:
-        records = demo_with_outliers(_config(args), args.out)
+    def run(cfg: DemoConfig, out: str | Path) -> list[dict]:
+        if args.with_outliers:
+            return demo_with_outliers(cfg, out)
+        return run_demo(cfg, out, resume=args.resume)
+
+    if args.seeds is not None:
+        from .cli_paper import _seeds_and_overrides
+        from .seeds import run_seeds
+
+        seeds, args.overrides = _seeds_and_overrides(args)  # key=value after --seeds are overrides
+        records = run_seeds(_config(args), seeds, args.out, run)
     else:
-        records = run_demo(_config(args), args.out, resume=args.resume)
+        records = run(_config(args), args.out)
     _print_table(records, Path(args.out))
 
 
@@ -118,6 +128,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
     d.add_argument("--with-outliers", action="store_true",
                    help="also fine-tune with auxiliary outliers (OE, Energy, POEM; alone, +UM, +UMAP)")
+    d.add_argument("--seeds", nargs="+", metavar="N",
+                   help="one run per seed into OUT/seed<N>/ (finished ones reused), then OUT/results.* = "
+                        "mean ± std over the seeds")
     d.set_defaults(func=cmd_demo)
 
     o = sub.add_parser("oe", help="fine-tune a checkpoint with auxiliary outliers (OE, Energy, POEM)",

@@ -65,11 +65,14 @@ class ModelConfig(_Strict):
 
 
 class UMConfig(_Strict):
-    """UM: ζ from a random mask keeping ``keep_ratio`` of each layer (aliases: ``mask_ratio``)."""
+    """UM: ζ from random masks keeping ``keep_ratio`` of each layer (aliases: ``mask_ratio``): the
+    ``zeta_estimator`` (mean, median, trimmed_mean; see ``methods.um.robust_zeta``) over ``zeta_draws``
+    mask draws, unless ``zeta`` is given."""
 
     keep_ratio: float = Field(0.97, gt=0, le=1, validation_alias=AliasChoices("keep_ratio", "mask_ratio"))
     zeta: float | None = Field(None, ge=0)
-    zeta_draws: int = Field(3, ge=1)
+    zeta_draws: int = Field(5, ge=1)
+    zeta_estimator: Literal["mean", "median", "trimmed_mean"] = "median"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(epochs=10, lr=0.05, weight_decay=5e-4))
 
 
@@ -180,7 +183,7 @@ def quick(cfg: DemoConfig) -> DemoConfig:
     d = cfg.model_dump()
     d["data"].update(train_size=2000, test_size=1000, val_size=1000, ood_size=300, val_ood_size=300)
     d["base"]["epochs"], d["eval_every"] = 3, 1
-    d["um"]["optim"]["epochs"], d["umap"]["optim"]["epochs"], d["um"]["zeta_draws"] = 1, 1, 2
+    d["um"]["optim"]["epochs"], d["umap"]["optim"]["epochs"], d["um"]["zeta_draws"] = 1, 1, 3
     d["outliers"].update(epochs=1, aux_size=1000)
     return DemoConfig.model_validate(d)
 

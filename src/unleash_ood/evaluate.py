@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -12,8 +12,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .metrics import accuracy, ood_metrics
 from .detectors import DEFAULT_SCORES, Detector, FitData, build_detector
+from .metrics import AGGREGATE_GROUP, accuracy, group_means, ood_metrics, set_groups
 
 
 class TensorBatches:
@@ -174,16 +174,24 @@ class Evaluation:
     scores: dict[str, dict[str, np.ndarray]]
     id_acc: float
 
-    def records(self, model_name: str) -> list[dict]:
-        """Metric records per (score, OOD set), with an unweighted ``mean`` row per score."""
+    def records(self, model_name: str, groups: Mapping[str, str] | None = None) -> list[dict]:
+        """Metric records per (score, OOD set), then aggregate records per score.
+
+        ``groups`` maps OOD set names to ``near``/``far`` (a set it leaves out is ``far``). A per-set
+        record's ``group`` is its set's; the aggregate records (``ood`` = ``near``, ``far`` — wherever
+        the group has sets — and ``mean``, over all sets) have ``group`` = ``"aggregate"`` and each
+        metric's unweighted mean over their sets.
+        """
         rows = []
         id_scores = self.scores["id"]
+        group_of = set_groups([ds for ds in self.scores if ds != "id"], groups)
         for score in id_scores:
-            per_set = [{"model": model_name, "score": score, "ood": ds,
-                        **ood_metrics(id_scores[score], by_score[score]), "id_acc": self.id_acc}
-                       for ds, by_score in self.scores.items() if ds != "id"]
-            mean = {k: float(np.mean([r[k] for r in per_set])) for k in ("fpr95", "auroc", "aupr_in", "aupr_out")}
-            rows += per_set + [{"model": model_name, "score": score, "ood": "mean", **mean, "id_acc": self.id_acc}]
+            head = {"model": model_name, "score": score}
+            per_set = {ds: ood_metrics(id_scores[score], self.scores[ds][score]) for ds in group_of}
+            rows += [{**head, "ood": ds, "group": group_of[ds], **m, "id_acc": self.id_acc}
+                     for ds, m in per_set.items()]
+            rows += [{**head, "ood": agg, "group": AGGREGATE_GROUP, **m, "id_acc": self.id_acc}
+                     for agg, m in group_means(per_set, group_of).items()]
         return rows
 
 

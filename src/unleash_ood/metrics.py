@@ -1,15 +1,28 @@
-"""OOD metrics with in-distribution as the POSITIVE class (the paper's convention), in percent.
+"""OOD metrics in percent. Scores follow "higher = more in-distribution".
 
-Scores follow "higher = more in-distribution". pytorch-ood and OpenOOD treat OOD as positive
-for FPR95, which can give very different numbers on the same scores.
+Two FPR95 conventions exist and can differ a lot on the same scores:
+
+- ``fpr95`` (ID positive; the paper's and energy_ood's): % of OOD samples accepted at the threshold
+  that accepts 95% of ID samples (:func:`fpr_at_95_tpr`).
+- ``fpr95_ood_positive`` (OpenOOD v1.5's and pytorch-ood's): % of ID samples flagged as OOD at the
+  threshold that catches 95% of OOD samples (:func:`fpr_at_95_tpr_ood_positive`).
+
+OOD sets belong to a group, ``near`` or ``far``; :func:`group_means` gives OpenOOD v1.5's group
+aggregates (the unweighted mean over a group's sets) and the unweighted mean over all sets.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from .errors import UserError
+
+GROUPS = ("near", "far")
+AGGREGATES = (*GROUPS, "mean")  # the ``ood`` names of aggregate records: per group, then over all sets
+AGGREGATE_GROUP = "aggregate"  # the ``group`` of an aggregate record (a per-set record has near/far)
 
 
 def _labels_scores(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -26,6 +39,13 @@ def fpr_at_95_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.
     """Fraction of OOD samples accepted at the first threshold that accepts ≥ 95% of ID samples."""
     labels, scores = _labels_scores(id_scores, ood_scores)
     fprs, tprs, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return float(fprs[np.searchsorted(tprs, tpr, side="left")])
+
+
+def fpr_at_95_tpr_ood_positive(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """Fraction of ID samples flagged as OOD at the first threshold that flags ≥ 95% of OOD samples."""
+    labels, scores = _labels_scores(id_scores, ood_scores)
+    fprs, tprs, _ = roc_curve(1 - labels, -scores, drop_intermediate=False)
     return float(fprs[np.searchsorted(tprs, tpr, side="left")])
 
 
@@ -46,8 +66,9 @@ def aupr_out(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
 
 
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
-    """FPR95, AUROC, AUPR-In and AUPR-Out, all ×100."""
+    """FPR95 in both conventions, AUROC, AUPR-In and AUPR-Out, all ×100."""
     return {"fpr95": 100 * fpr_at_95_tpr(id_scores, ood_scores),
+            "fpr95_ood_positive": 100 * fpr_at_95_tpr_ood_positive(id_scores, ood_scores),
             "auroc": 100 * auroc(id_scores, ood_scores),
             "aupr_in": 100 * aupr_in(id_scores, ood_scores),
             "aupr_out": 100 * aupr_out(id_scores, ood_scores)}
@@ -59,3 +80,32 @@ def accuracy(logits_or_preds: np.ndarray, labels: np.ndarray) -> float:
     if preds.ndim == 2:
         preds = preds.argmax(1)
     return 100.0 * float((preds == np.asarray(labels)).mean())
+
+
+def set_groups(sets: Iterable[str], groups: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each OOD set's group: ``groups[set]``, or ``far`` for a set the mapping does not name."""
+    groups = dict(groups or {})
+    bad = {g for g in groups.values() if g not in GROUPS}
+    if bad:
+        raise UserError(f"unknown OOD group(s) {sorted(bad)}; choose from {', '.join(GROUPS)}")
+    out = {}
+    for name in sets:
+        if name in AGGREGATES:
+            raise UserError(f"an OOD set may not be named {name!r} (reserved for the aggregate rows)")
+        out[name] = groups.get(name, "far")
+    return out
+
+
+def group_means(per_set: Mapping[str, Mapping[str, float]], groups: Mapping[str, str] | None = None,
+                ) -> dict[str, dict[str, float]]:
+    """``{set: {metric: value}}`` → ``{"near"|"far"|"mean": {metric: unweighted mean}}``: a group's entry
+    only when it has sets; ``mean`` averages over every set (not over the two group means)."""
+    group_of = set_groups(per_set, groups)
+    members = {g: [s for s in per_set if group_of[s] == g] for g in GROUPS}
+    members["mean"] = list(per_set)
+    out = {}
+    for agg, sets in members.items():
+        if sets:
+            keys = [k for k in per_set[sets[0]] if all(k in per_set[s] for s in sets)]
+            out[agg] = {k: float(np.mean([per_set[s][k] for s in sets])) for k in keys}
+    return out

@@ -20,7 +20,7 @@ from .errors import UserError
 from .methods.outlier_training import (METHODS, WITHS, FinetuneSettings, OutlierLoss, check_method,
                                        finetune_with_outliers, run_name)
 from .pipeline import (RunOutput, evaluate_models, model_meta, resolve_zeta, say, start_run,
-                       validation_metrics, write_outputs)
+                       validation_metrics, write_outputs, zeta_line)
 from .report import write_json
 from .train import OptimConfig
 
@@ -102,9 +102,9 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
     if {"um", "umap"} & set(withs):
         t = time.perf_counter()
         estimate = resolve_zeta(base, prep, cfg.um, cfg.seed)
-        zeta = estimate.mean
+        zeta = estimate.value
         umap_zeta = cfg.umap.zeta if cfg.umap.zeta is not None else zeta
-        say(f"zeta = {estimate.mean:.4f} ± {estimate.sd:.4f} over {len(estimate.values)} draw(s)")
+        say(zeta_line(estimate))
         write_json(out / "zeta.json", estimate.as_dict())
         summary.update(zeta=estimate.as_dict(), umap_zeta=umap_zeta)
         timings["zeta"] = time.perf_counter() - t

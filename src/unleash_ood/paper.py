@@ -175,7 +175,8 @@ def select_keep_ratio(base: nn.Module, prep, um: UMConfig, grid: Sequence[float]
                       max_acc_drop: float | None = None, out_path: str | Path | None = None) -> dict:
     """Grid search over UM keep ratios on validation data only.
 
-    For each keep ratio δ: estimate ζ(δ) with ``um.zeta_draws`` random masks on the training set, run a
+    For each keep ratio δ: estimate ζ(δ) with ``um.zeta_draws`` random masks on the training set (combined
+    by ``um.zeta_estimator``), run a
     short UM (``epochs``, default ``um.optim.epochs``) from a copy of ``base``, and measure Energy FPR95
     (ID positive) between the held-out ID **validation** images (``prep.id.val``) and the validation OOD
     set (``val_ood``: TinyImageNet when given, else ``prep.val_ood``, the patch-shuffled validation
@@ -209,11 +210,12 @@ def select_keep_ratio(base: nn.Module, prep, um: UMConfig, grid: Sequence[float]
     base_m = measure(base)
     cand = []
     for i, keep in enumerate(grid):
-        z = estimate_zeta(base, prep.batches(*prep.id.train), keep, um.zeta_draws, seed)
+        z = estimate_zeta(base, prep.batches(*prep.id.train), keep, um.zeta_draws, seed, um.zeta_estimator)
         short = um.model_copy(update={"keep_ratio": keep, "optim": um.optim.model_copy(
             update={"epochs": epochs or um.optim.epochs})})
-        tuned, _ = run_um(base, prep, short, z.mean, seed + 10 * i, augment)
-        cand.append({"keep_ratio": float(keep), "zeta": z.mean, "zeta_sd": z.sd, **measure(tuned)})
+        tuned, _ = run_um(base, prep, short, z.value, seed + 10 * i, augment)
+        cand.append({"keep_ratio": float(keep), "zeta": z.value, "zeta_draws": z.values, "zeta_sd": z.sd,
+                     **measure(tuned)})
         del tuned
     eligible = [c for c in cand
                 if max_acc_drop is None or c["val_acc"] >= base_m["val_acc"] - max_acc_drop] or cand

@@ -30,11 +30,10 @@ from .metrics import accuracy, ood_metrics
 from .models import build_model
 from .plots import plot_score_histograms, plot_training_curve
 from . import runtime
-from .report import OUTLIER_LABELS, flatten_scores, save_results, write_json
+from .report import MODEL_ORDER, OUTLIER_LABELS, flatten_scores, save_results, write_json
 from .train import NonFiniteLossError, OptimConfig, ResumeState, train
 
 EVAL_BATCH = 512
-MODEL_ORDER = ("base", "um", "ce_finetune", "umap")
 
 
 def say(msg: str) -> None:
@@ -165,9 +164,16 @@ def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, 
 def resolve_zeta(model: nn.Module, prep: Prepared, cfg: UMConfig, seed: int) -> ZetaEstimate:
     """ζ given directly, or estimated over ``zeta_draws`` random masks on the training set."""
     if cfg.zeta is not None:
-        return ZetaEstimate(keep_ratio=cfg.keep_ratio, values=[cfg.zeta])
-    say(f"estimating zeta: keep ratio {cfg.keep_ratio}, {cfg.zeta_draws} mask draws")
-    return estimate_zeta(model, prep.batches(*prep.id.train), cfg.keep_ratio, cfg.zeta_draws, seed)
+        return ZetaEstimate(keep_ratio=cfg.keep_ratio, values=[cfg.zeta], estimator=cfg.zeta_estimator)
+    say(f"estimating zeta: keep ratio {cfg.keep_ratio}, {cfg.zeta_draws} mask draws, {cfg.zeta_estimator}")
+    return estimate_zeta(model, prep.batches(*prep.id.train), cfg.keep_ratio, cfg.zeta_draws, seed,
+                         cfg.zeta_estimator)
+
+
+def zeta_line(zeta: ZetaEstimate) -> str:
+    """One log line: the chosen ζ, its estimator, and the draws' mean ± sd and median."""
+    return (f"zeta = {zeta.value:.4f} ({zeta.estimator} of {len(zeta.values)} draw(s); "
+            f"mean {zeta.mean:.4f} ± {zeta.sd:.4f}, median {zeta.median:.4f})")
 
 
 def run_um(base: nn.Module, prep: Prepared, cfg: UMConfig, zeta: float, seed: int,
@@ -204,7 +210,7 @@ def evaluate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prep
             masked_acc[name] = ev.id_acc
             test = collect_outputs(model, prep.batches(*prep.id.test))
             ev.id_acc = accuracy(test.logits.numpy(), test.labels.numpy())
-        records += ev.records(name)
+        records += ev.records(name, prep.groups)
         flat.update(flatten_scores(name, ev.scores))
         by_model[name] = ev.scores
     return records, flat, by_model, masked_acc
@@ -321,7 +327,8 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
         log = train_base(model, prep, cfg.base, out, cfg.eval_every, cfg.track_scores, cfg.data.augment,
                          cfg.seed, cfg.model, resume=resume)
         timings["train"] = time.perf_counter() - t
-        plot_training_curve(log, out / "plots" / "fpr95_along_training.png", scores=cfg.track_scores[:2])
+        plot_training_curve(log, out / "plots" / "fpr95_along_training.png", scores=cfg.track_scores[:2],
+                            groups=prep.groups)
         summary["best_epochs"] = best_epochs(log, cfg.track_scores)
     else:
         save_model(out / "checkpoints" / "base.safetensors", model, meta)
@@ -331,21 +338,21 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
     if {"um", "control", "umap"} & set(stages):
         t = time.perf_counter()
         zeta = resolve_zeta(model, prep, cfg.um, cfg.seed)
-        say(f"zeta = {zeta.mean:.4f} ± {zeta.sd:.4f} over {len(zeta.values)} draw(s)")
+        say(zeta_line(zeta))
         write_json(out / "zeta.json", zeta.as_dict())
         summary["zeta"] = zeta.as_dict()
         timings["zeta"] = time.perf_counter() - t
     for name, stage_zeta in (("um", "um"), ("ce_finetune", "control")):
         if stage_zeta in stages:
             t = time.perf_counter()
-            z = zeta.mean if name == "um" else 0.0
+            z = zeta.value if name == "um" else 0.0
             tuned, histories[name] = run_um(model, prep, cfg.um, z, cfg.seed, cfg.data.augment)
             save_model(out / "checkpoints" / f"{name}.safetensors", tuned, {**meta, "kind": name, "zeta": z})
             models[name] = (tuned, None)
             timings[name] = time.perf_counter() - t
     if "umap" in stages:
         t = time.perf_counter()
-        umap_zeta = cfg.umap.zeta if cfg.umap.zeta is not None else zeta.mean
+        umap_zeta = cfg.umap.zeta if cfg.umap.zeta is not None else zeta.value
         masks, histories["umap"] = run_umap(model, prep, cfg.umap, umap_zeta, cfg.seed, cfg.data.augment)
         save_masks(out / "checkpoints" / "umap_mask.safetensors", masks,
                    {**meta, "kind": "umap_mask", "keep_ratio": cfg.umap.keep_ratio, "zeta": umap_zeta})
@@ -387,8 +394,9 @@ def run_notes(cfg: DemoConfig, prep: Prepared, summary: dict) -> str:
         lines.append(f"- base model from {summary['init_checkpoint']}")
     if "zeta" in summary:
         z = summary["zeta"]
-        lines.append(f"- UM: keep ratio {cfg.um.keep_ratio}, ζ = {z['mean']:.4f} ± {z['sd']:.4f} "
-                     f"({len(z['values'])} draw(s)); fine-tune {cfg.um.optim.epochs} epochs, lr {cfg.um.optim.lr}")
+        lines.append(f"- UM: keep ratio {cfg.um.keep_ratio}, ζ = {z['value']:.4f} ({z['estimator']} of "
+                     f"{len(z['values'])} draw(s): {', '.join(f'{v:.4f}' for v in z['values'])}; mean {z['mean']:.4f} "
+                     f"± {z['sd']:.4f}); fine-tune {cfg.um.optim.epochs} epochs, lr {cfg.um.optim.lr}")
     if "umap_zeta" in summary:
         lines.append(f"- UMAP: keep ratio {cfg.umap.keep_ratio}, ζ = {summary['umap_zeta']:.4f}, "
                      f"{cfg.umap.optim.epochs} epochs; ID-ACC shown is the deployed (unmasked) model's; "

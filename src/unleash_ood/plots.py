@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .checkpoint import atomic_write  # noqa: E402
+from .metrics import group_means, set_groups  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -23,23 +24,43 @@ def _save(fig, path: str | Path) -> Path:
         plt.close(fig)
 
 
+GROUP_STYLE = {"near": {"color": "darkred", "ls": "--"}, "far": {"color": "navy", "ls": "--"},
+               "mean": {"color": "black", "ls": "-"}}
+
+
 def plot_training_curve(log: Sequence[dict], path: str | Path, scores: Sequence[str] = ("Energy", "MSP"),
-                        metric: str = "fpr95") -> Path:
-    """One panel per score: ``metric`` per OOD set and their mean along training epochs, plus ID accuracy."""
+                        metric: str = "fpr95", groups: Mapping[str, str] | None = None) -> Path:
+    """One panel per score: ``metric`` per OOD set (thin) along training epochs, the near and far group
+    means (when ``groups`` puts sets in both; a set it leaves out is far) and the mean over all sets
+    (thick), plus ID accuracy."""
     epochs = [r["epoch"] for r in log]
+    sets = list(log[0]["ood"])
+    group_of = set_groups(sets, groups)  # checked before a figure exists
+    two_groups = len(set(group_of.values())) == 2
     fig, axes = plt.subplots(1, len(scores) + 1, figsize=(5 * (len(scores) + 1), 4))
     for ax, score in zip(axes, scores):
-        sets = list(log[0]["ood"])
-        for ds in sets:
-            ax.plot(epochs, [r["ood"][ds][score][metric] for r in log], marker=".", lw=1, label=ds)
-        mean = [np.mean([r["ood"][ds][score][metric] for ds in sets]) for r in log]
-        ax.plot(epochs, mean, color="black", lw=2.5, label="mean")
-        best = int(np.argmin(mean) if metric == "fpr95" else np.argmax(mean))
+        for ds in sets:  # with near and far sets: reds for near, blues for far
+            same = [d for d in sets if group_of[d] == group_of[ds]]
+            shade = 0.45 + 0.4 * same.index(ds) / max(1, len(same) - 1)
+            color = plt.get_cmap("Reds" if group_of[ds] == "near" else "Blues")(shade) if two_groups else None
+            ax.plot(epochs, [r["ood"][ds][score][metric] for r in log], marker=".", lw=0.8, color=color,
+                    label=f"{ds} ({group_of[ds]})" if two_groups else ds)
+        curves = {}
+        for r in log:
+            for agg, m in group_means({ds: r["ood"][ds][score] for ds in sets}, group_of).items():
+                curves.setdefault(agg, []).append(m[metric])
+        if not two_groups:  # one group only: its mean is the overall mean
+            curves = {"mean": curves["mean"]}
+        for agg, values in curves.items():
+            ax.plot(epochs, values, lw=2.5 if agg == "mean" else 2, label=f"{agg} mean" if agg != "mean" else "mean",
+                    **GROUP_STYLE[agg])
+        mean = curves["mean"]
+        best = int(np.argmin(mean) if metric.startswith("fpr95") else np.argmax(mean))
         ax.axvline(epochs[best], color="grey", ls="--", lw=1)
         ax.annotate(f"best mean: epoch {epochs[best]}", (epochs[best], mean[best]), textcoords="offset points",
                     xytext=(5, 8), fontsize=8)
         ax.set(title=f"{score} score: {metric.upper()} on OOD test sets", xlabel="epoch",
-               ylabel=f"{metric.upper()} (%)" + (" ↓" if metric == "fpr95" else " ↑"))
+               ylabel=f"{metric.upper()} (%)" + (" ↓" if metric.startswith("fpr95") else " ↑"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     ax = axes[-1]

@@ -148,7 +148,7 @@ class Context:
     # -- UM / UMAP on a base (cached in the base folder) ----------------------------------------
     def zeta(self, base: BaseRun, keep_ratio: float | None = None, epoch: int | None = None) -> dict:
         um = self.cfg.um if keep_ratio is None else self.cfg.um.model_copy(update={"keep_ratio": keep_ratio})
-        key = {"keep": um.keep_ratio, "zeta": um.zeta, "draws": um.zeta_draws, "epoch": epoch, "seed": self.cfg.seed}
+        key = {"keep": um.keep_ratio, "zeta": um.zeta, "draws": um.zeta_draws, "estimator": um.zeta_estimator, "epoch": epoch, "seed": self.cfg.seed}
         return self.subrun(base.dir / "zeta" / stable_hash(key), f"ζ at keep ratio {um.keep_ratio}",
                            lambda d: resolve_zeta(base.load(epoch), self.prep, um, self.cfg.seed).as_dict())
 
@@ -159,7 +159,7 @@ class Context:
             um = um.model_copy(update={"keep_ratio": keep_ratio})
         if epochs is not None:
             um = um.model_copy(update={"optim": um.optim.model_copy(update={"epochs": epochs})})
-        z = self.zeta(base, um.keep_ratio)["mean"] if zeta is None else zeta
+        z = self.zeta(base, um.keep_ratio)["value"] if zeta is None else zeta
         key = {"um": um.model_dump(), "zeta": z, "seed": self.cfg.seed, "augment": self.cfg.data.augment}
         d = base.dir / "um" / stable_hash(key)
 
@@ -180,7 +180,7 @@ class Context:
         if epochs is not None:
             cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": epochs})})
         if zeta is None:
-            zeta = cfg.zeta if cfg.zeta is not None else self.zeta(base)["mean"]
+            zeta = cfg.zeta if cfg.zeta is not None else self.zeta(base)["value"]
         key = {"umap": cfg.model_dump(), "zeta": zeta, "seed": self.cfg.seed, "augment": self.cfg.data.augment}
         d = base.dir / "umap" / stable_hash(key)
         what = "plain pruning (ζ = 0)" if zeta == 0 else f"UMAP (ζ {zeta:.4f})"

@@ -31,7 +31,7 @@ def keep_ratio(ctx: Context) -> dict:
 
 def prune_rate(ctx: Context) -> dict:
     base = ctx.base()
-    zeta = ctx.zeta(base)["mean"]
+    zeta = ctx.zeta(base)["value"]
     rows, hists = [], {}
     final = base.load()
     for k in ctx.params["keep_ratios"]:

@@ -4,7 +4,8 @@ the original weights with the flooding objective ``|CE − ζ| + ζ`` (Eq. 3, Al
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+import statistics
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -54,38 +55,71 @@ def mean_cross_entropy(model: nn.Module, batches: Iterable, desc: str | None = N
     return total / n
 
 
+ZETA_ESTIMATORS = ("mean", "median", "trimmed_mean")
+
+
+def robust_zeta(values: Sequence[float], estimator: str = "median") -> float:
+    """ζ from the per-draw loss levels.
+
+    ``mean``: the plain mean. ``median``: the median (the mean of the middle two for an even count).
+    ``trimmed_mean``: with ≥ 3 draws, the mean after dropping the single lowest and the single highest
+    draw (with 3 draws that is the median); with 1 or 2 draws, the plain mean. ``median`` and
+    ``trimmed_mean`` keep one destructive mask draw (a very high loss) from dominating ζ.
+    """
+    if estimator not in ZETA_ESTIMATORS:
+        raise UserError(f"unknown zeta estimator {estimator!r}; choose from {', '.join(ZETA_ESTIMATORS)}")
+    if not values:
+        raise UserError("no zeta draws to estimate from")
+    v = sorted(values)
+    if estimator == "median":
+        return statistics.median(v)
+    if estimator == "trimmed_mean" and len(v) >= 3:
+        v = v[1:-1]
+    return statistics.fmean(v)
+
+
 @dataclass
 class ZetaEstimate:
-    """ζ over several random mask draws: the values, their mean and standard deviation."""
+    """ζ over several random mask draws: every draw's value, the estimator's choice (:attr:`value`), and
+    the mean, standard deviation and median of the draws."""
 
     keep_ratio: float
     values: list[float] = field(default_factory=list)
+    estimator: str = "median"
+
+    @property
+    def value(self) -> float:
+        """The ζ used for UM / UMAP: ``estimator`` applied to the draws."""
+        return robust_zeta(self.values, self.estimator)
 
     @property
     def mean(self) -> float:
-        return sum(self.values) / len(self.values)
+        return statistics.fmean(self.values)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
 
     @property
     def sd(self) -> float:
-        if len(self.values) < 2:
-            return 0.0
-        m = self.mean
-        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (len(self.values) - 1))
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
     def as_dict(self) -> dict:
-        return {"keep_ratio": self.keep_ratio, "values": self.values, "mean": self.mean, "sd": self.sd}
+        return {"keep_ratio": self.keep_ratio, "values": self.values, "estimator": self.estimator,
+                "value": self.value, "mean": self.mean, "sd": self.sd, "median": self.median}
 
 
-def estimate_zeta(model: nn.Module, batches: Iterable, keep_ratio: float, draws: int = 3,
-                  seed: int = 0) -> ZetaEstimate:
-    """ζ = mean CE of the randomly masked model m_δ ⊙ f* over the training set (Algorithm 1, lines 1–10).
-
-    One random layer-wise mask per draw (seeds ``seed, seed+1, …``); the model is unchanged afterwards.
+def estimate_zeta(model: nn.Module, batches: Iterable, keep_ratio: float, draws: int = 5,
+                  seed: int = 0, estimator: str = "median") -> ZetaEstimate:
+    """ζ = CE of the randomly masked model m_δ ⊙ f* over the training set (Algorithm 1, lines 1–10),
+    over ``draws`` random layer-wise masks (seeds ``seed, seed+1, …``), combined by ``estimator``
+    (:func:`robust_zeta`; the paper uses one draw). The model is unchanged afterwards.
     """
     check_keep_ratio(keep_ratio)
     if draws < 1:
         raise UserError(f"draws must be ≥ 1, got {draws}")
-    estimate = ZetaEstimate(keep_ratio=keep_ratio)
+    robust_zeta([0.0], estimator)  # fail on a bad estimator before any work
+    estimate = ZetaEstimate(keep_ratio=keep_ratio, estimator=estimator)
     for d in range(draws):
         with masked(model, random_layer_masks(model, keep_ratio, seed + d)):
             estimate.values.append(mean_cross_entropy(model, batches, desc=f"zeta draw {d + 1}/{draws}"))
