@@ -91,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .pipeline import eval_run
 
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    eval_run(args.run, args.ood, out)
+    eval_run(args.run, args.ood, out, save_features=args.save_features)
     _print_table(out)
 
 
@@ -148,6 +148,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--ood", nargs="+", required=True, metavar="SPEC",
                    help="digits, textures, photos, gaussian, uniform, npz:PATH, folder:PATH")
     e.add_argument("--out", help="output directory (default RUN/eval)")
+    e.add_argument("--save-features", action="store_true",
+                   help="also write features.npz (penultimate features + effective classifier per model)")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("config", help="print the effective config (defaults + file + overrides)")

@@ -141,7 +141,7 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
     write_json(out / "outlier_log.json", logs)
 
     t = time.perf_counter()
-    records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores)
+    records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores.detectors())
     if len(prep.id.val[0]):  # ID validation accuracy + synthetic validation OOD: what may be selected on
         summary["validation"] = validation_metrics(models, prep)
     timings["evaluate"] = time.perf_counter() - t
@@ -184,7 +184,7 @@ def outlier_notes(cfg: DemoConfig, prep, summary: dict) -> str:
 
 def run_outliers(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: str | Path) -> list[dict]:
     """:func:`run_outlier_methods` with the ``outliers`` section of ``cfg`` (scores: ``outliers.scores``)."""
-    scored = cfg.model_copy(update={"scores": cfg.outliers.scores})
+    scored = cfg.model_copy(update={"scores": cfg.scores.subset(cfg.outliers.scores)})
     return run_outlier_methods(scored, out_dir, base_checkpoint, **cfg.outliers.run_kwargs())
 
 

@@ -314,10 +314,10 @@ class Context:
     def evaluate(self, d: Path, label: str, models: Callable[[], dict], scores: list[str] | None = None,
                  keep_scores: bool = False) -> dict:
         """Evaluate ``models()`` (name → (model, mask|None)) once; the mean rows, cached in ``d``."""
-        scores = scores or self.cfg.scores
+        detectors = self.cfg.scores.subset(scores).detectors() if scores else self.cfg.scores.detectors()
 
         def run(d: Path) -> dict:
-            records, flat, _, masked_acc = evaluate_models(models(), self.prep, scores)
+            records, flat, _, masked_acc = evaluate_models(models(), self.prep, detectors)
             if keep_scores:
                 atomic_write(d / "scores.npz", lambda tmp: _savez(tmp, flat))
             return {"records": records, "masked_acc": masked_acc}
@@ -553,7 +553,7 @@ def keep_ratio(ctx: Context) -> dict:
     base = ctx.base()
     ratios = ctx.params["keep_ratios"]
     rows = []
-    base_res = ctx.evaluate(base.dir / "eval" / _hash(ctx.cfg.scores), "evaluate base",
+    base_res = ctx.evaluate(base.dir / "eval" / _hash(ctx.cfg.scores.model_dump()), "evaluate base",
                             lambda: {"base": (base.load(), None)})
     for s, r in mean_rows(base_res["records"]).items():
         rows.append({"keep_ratio": 1.0, "method": "base", "zeta": 0.0, "score": s[1], **_metric_row(r)})
@@ -636,7 +636,7 @@ def prune_rate(ctx: Context) -> dict:
 def finetune_epochs(ctx: Context) -> dict:
     base = ctx.base()
     rows = []
-    base_res = ctx.evaluate(base.dir / "eval" / _hash(ctx.cfg.scores), "evaluate base",
+    base_res = ctx.evaluate(base.dir / "eval" / _hash(ctx.cfg.scores.model_dump()), "evaluate base",
                             lambda: {"base": (base.load(), None)})
     for (_, s), r in mean_rows(base_res["records"]).items():
         rows.append({"method": "base", "epochs": 0, "score": s, **_metric_row(r)})
@@ -691,7 +691,7 @@ def typical_atypical(ctx: Context) -> dict:
 
             def run(d: Path, sub=sub) -> dict:
                 tuned, hist = run_um(base.load(ep), sub, um_cfg, 0.0, ctx.cfg.seed, ctx.cfg.data.augment)
-                records, _, _, _ = evaluate_models({"ft": (tuned, None)}, sub, ctx.cfg.scores)
+                records, _, _, _ = evaluate_models({"ft": (tuned, None)}, sub, ctx.cfg.scores.detectors())
                 return {"records": records, "history": hist}
 
             res = ctx.subrun(ctx.out / f"{kind}_{n}", f"fine-tune epoch {ep} on {n} {kind} samples", run)
@@ -734,7 +734,7 @@ def overfitting(ctx: Context) -> dict:
     um_model, _ = ctx.um(base)
     masks, _ = ctx.umap(base)
     entries += [("UM", lambda: {"m": (um_model, None)}), ("UMAP", lambda: {"m": (base.load(), masks)})]
-    scores = [s for s in ("ODIN", "Energy") if s in ctx.cfg.scores] or ["Energy"]
+    scores = [s for s in ("ODIN", "Energy") if s in ctx.cfg.scores.use] or ["Energy"]
     rows = []
     for i, (label, fn) in enumerate(entries):
         # train (or load) the variant outside the evaluation cache so the base folders are shared
