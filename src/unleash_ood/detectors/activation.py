@@ -25,27 +25,24 @@ def react_clip(features: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     return torch.minimum(features, threshold.to(features))
 
 
-def ash_s(features: torch.Tensor, percentile: float) -> torch.Tensor:
-    """ASH-S (Djurisic et al., 2023): keep the top (100−p)% per sample, scale by ``exp(s₁/s₂)``
+def ash_s(features: torch.Tensor, k: int) -> torch.Tensor:
+    """ASH-S (Djurisic et al., 2023): keep the top ``k`` = (100−p)% per sample, scale by ``exp(s₁/s₂)``
     (s₁, s₂ the sums before / after pruning)."""
-    k = kept_count(features.shape[1], percentile)
     top, idx = features.topk(k, dim=1)
     s1, s2 = features.sum(1, keepdim=True), top.sum(1, keepdim=True)
     pruned = torch.zeros_like(features).scatter(1, idx, top)
     return pruned * torch.exp(s1 / s2.clamp_min(1e-12))
 
 
-def ash_b(features: torch.Tensor, percentile: float) -> torch.Tensor:
-    """ASH-B (Djurisic et al., 2023): keep the top (100−p)% per sample, each set to ``s₁ / k``."""
-    k = kept_count(features.shape[1], percentile)
+def ash_b(features: torch.Tensor, k: int) -> torch.Tensor:
+    """ASH-B (Djurisic et al., 2023): keep the top ``k`` = (100−p)% per sample, each set to ``s₁ / k``."""
     _, idx = features.topk(k, dim=1)
     fill = (features.sum(1, keepdim=True) / k).expand(-1, k)
     return torch.zeros_like(features).scatter(1, idx, fill)
 
 
-def scale_shape(features: torch.Tensor, percentile: float) -> torch.Tensor:
-    """Scale (Xu et al., 2024): ``h · exp(s₁/s₂)`` with s₂ the sum of the top (100−p)%; nothing pruned."""
-    k = kept_count(features.shape[1], percentile)
+def scale_shape(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Scale (Xu et al., 2024): ``h · exp(s₁/s₂)`` with s₂ the sum of the top ``k`` = (100−p)%; nothing pruned."""
     s1, s2 = features.sum(1, keepdim=True), features.topk(k, dim=1).values.sum(1, keepdim=True)
     return features * torch.exp(s1 / s2.clamp_min(1e-12))
 
@@ -63,9 +60,16 @@ class _Shaping(Detector):
     Params = PercentileParams
     needs_classifier = True
 
+    kept = 0  # survivors per sample: a Python int set from the fitted feature size, so scores trace cleanly
+
     def fit(self, data: FitData) -> Detector:
         self.stats = classifier_stats(data)
+        self.kept = kept_count(data.weight.shape[1], self.params.percentile)
         return super().fit(data)
+
+    def load_state_dict(self, stats: dict[str, torch.Tensor]) -> Detector:
+        self.kept = kept_count(stats["weight"].shape[1], self.params.percentile)
+        return super().load_state_dict(stats)
 
     def shape(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -101,7 +105,7 @@ class ASHS(_Shaping):
     name = "ASH-S"
 
     def shape(self, features: torch.Tensor) -> torch.Tensor:
-        return ash_s(features, self.params.percentile)
+        return ash_s(features, self.kept)
 
 
 @register
@@ -111,7 +115,7 @@ class ASHB(_Shaping):
     name = "ASH-B"
 
     def shape(self, features: torch.Tensor) -> torch.Tensor:
-        return ash_b(features, self.params.percentile)
+        return ash_b(features, self.kept)
 
 
 class ScaleParams(Params):
@@ -126,7 +130,7 @@ class Scale(_Shaping):
     Params = ScaleParams
 
     def shape(self, features: torch.Tensor) -> torch.Tensor:
-        return scale_shape(features, self.params.percentile)
+        return scale_shape(features, self.kept)
 
 
 @register

@@ -24,14 +24,15 @@ def kth_nearest_distance(queries: torch.Tensor, bank: torch.Tensor, k: int) -> t
     queries in chunks of ``QUERY_CHUNK``, the bank in chunks of ``BANK_CHUNK`` with a running top-k."""
     bank = bank.to(queries)
     bank_sq = (bank * bank).sum(1)
+    chunk = max(BANK_CHUNK, k)  # the first chunk holds ≥ k rows (k ≤ bank size): topk(k) is always valid
     out = []
     for q in queries.split(QUERY_CHUNK):
         q_sq = (q * q).sum(1, keepdim=True)
-        best = q.new_full((len(q), 0), float("inf"))
-        for b, b_sq in zip(bank.split(BANK_CHUNK), bank_sq.split(BANK_CHUNK)):
+        best = None
+        for b, b_sq in zip(bank.split(chunk), bank_sq.split(chunk)):
             d2 = (q_sq + b_sq[None, :] - 2.0 * q @ b.T).clamp_min(0.0)
-            both = torch.cat([best, d2], dim=1)
-            best = both.topk(min(k, both.shape[1]), dim=1, largest=False).values
+            both = d2 if best is None else torch.cat([best, d2], dim=1)
+            best = both.topk(k, dim=1, largest=False).values
         out.append(best[:, k - 1])
     return torch.cat(out).sqrt()
 

@@ -66,7 +66,7 @@ def gen_score(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> tor
     """GEN (Liu et al., CVPR 2023): ``−Σ_{top-M p} p^γ (1 − p)^γ`` over the M largest softmax
     probabilities (M capped at C), in float64 so confident predictions do not saturate."""
     p = logits.double().softmax(1)
-    top = p.topk(min(top_m, logits.shape[1]), dim=1).values
+    top = p.sort(dim=1, descending=True).values[:, :top_m]  # a slice, not min(M, C): traces without a branch
     return -(top.pow(gamma) * (1.0 - top).pow(gamma)).sum(1)
 
 
