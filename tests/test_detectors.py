@@ -290,11 +290,11 @@ def test_features_npz_recomputes_knn(trained_cnn, fmnist_small, tmp_path) -> Non
     np.testing.assert_allclose(_energy(npz["base/id"].astype(np.float64) @ npz["base/weight"].T + npz["base/bias"]),
                                ev.scores["id"]["Energy"], rtol=1e-5)
     bank = npz["base/train"].astype(np.float64)
-    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    bank /= np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
     for ds in ("id", "flip"):
         q = npz[f"base/{ds}"].astype(np.float64)
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
-        d = np.sqrt(np.maximum(2 - 2 * q @ bank.T, 0))
+        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        d = np.linalg.norm(q[:, None, :] - bank[None], axis=2)
         np.testing.assert_allclose(ev.scores[ds]["KNN"], -np.sort(d, axis=1)[:, 49], atol=1e-4)
 
 
@@ -333,6 +333,7 @@ def test_scores_config_defaults_list_form_and_params() -> None:
     ({"scores": {"use": ["MSP", "Foo"]}}, "scores.use"),
     ({"scores": ["MSP", "MSP"]}, "scores.use"),
     ({"track_scores": ["Foo"]}, "track_scores"),
+    ({"track_scores": ["Energy", "KNN"]}, "track_scores"),
     ({"outliers": {"scores": ["Foo"]}}, "outliers.scores"),
 ])
 def test_scores_config_errors_name_the_key(data, key) -> None:

@@ -205,7 +205,11 @@ class DemoConfig(_Strict):
     @field_validator("track_scores")
     @classmethod
     def _scores(cls, v: list[str]) -> list[str]:
-        return check_names(v)
+        fitted = [n for n in check_names(v) if DETECTORS[n].needs_fit or DETECTORS[n].needs_classifier
+                  or DETECTORS[n].needs_inputs]
+        if fitted:  # tracking scores the logits of each checkpoint, with no fit and no extra pass
+            raise ValueError(f"{fitted} cannot be tracked along training; use logit scores (MSP, Energy, MaxLogit, GEN)")
+        return v
 
 
 def quick(cfg: DemoConfig) -> DemoConfig:
