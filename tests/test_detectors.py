@@ -130,6 +130,15 @@ def test_knn_equals_brute_force_numpy(monkeypatch) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_knn_bulk_path_with_faiss_when_installed(monkeypatch) -> None:
+    """faiss is optional: where it is installed, evaluate's bulk path (large banks) gives the torch result."""
+    pytest.importorskip("faiss")
+    monkeypatch.setattr(distance, "FAISS_MIN_BANK", 10)
+    bank, queries = RNG.normal(size=(80, 8)), torch.tensor(RNG.normal(size=(20, 8)), dtype=torch.float32)
+    det = _fit("KNN", bank, np.ones((2, 8)), k=5)
+    torch.testing.assert_close(det.score_bulk(None, queries), det.score(None, queries), rtol=1e-5, atol=1e-5)
+
+
 def _vim_numpy(train: np.ndarray, weight: np.ndarray, bias: np.ndarray, queries: np.ndarray, dim: int) -> np.ndarray:
     """ViM written independently: pinv origin, eig of the covariance sorted by value, α from the train set."""
     u = -np.linalg.pinv(weight) @ bias
