@@ -213,3 +213,31 @@ def test_demo_with_outliers_merges_the_tables(tmp_path: Path, capsys) -> None:
     assert {r["model"] for r in records if r["aux"]} == {"oe", "oe_um"}
     assert "OE+UM (Energy)" in (out / "results.md").read_text() and "Energy+UMAP" in (out / "results.md").read_text()
     assert "oe_um/Energy/digits" in np.load(out / "scores.npz") and "um/Energy/id" in np.load(out / "scores.npz")
+
+
+def test_demo_features_npz_recomputes_knn_and_eval_saves_features(demo_run: Path, tmp_path: Path) -> None:
+    """Every detector × model in results.json; features.npz (on by default) lets numpy recompute KNN."""
+    from unleash_ood.detectors import TABLE_ORDER
+
+    records = json.loads((demo_run / "results.json").read_text())
+    for model in ("base", "um", "ce_finetune", "umap"):
+        assert {r["score"] for r in records if r["model"] == model} == set(TABLE_ORDER), model
+    feats, scores = np.load(demo_run / "features.npz"), np.load(demo_run / "scores.npz")
+    for model in ("base", "um", "ce_finetune", "umap"):
+        assert {f"{model}/{k}" for k in ("id", "train", "weight", "bias", "digits", "uniform")} <= set(feats.files)
+    assert (feats["umap/weight"] == 0).mean() > 0.15 and not np.array_equal(feats["umap/weight"], feats["base/weight"])
+    bank = feats["umap/train"].astype(np.float64)
+    bank /= np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
+    q = feats["umap/digits"].astype(np.float64)
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    d2 = (q**2).sum(1)[:, None] + (bank**2).sum(1)[None, :] - 2 * q @ bank.T
+    kth = np.sort(np.sqrt(np.maximum(d2, 0)), axis=1)[:, 49]
+    np.testing.assert_allclose(scores["umap/KNN/digits"], -kth, atol=1e-4)
+    config = json.loads((demo_run / "config.json").read_text())
+    assert config["scores"]["KNN"] == {"k": 50} and config["save_features"] is True
+
+    out = tmp_path / "ev"
+    assert main(["eval", "--run", str(demo_run), "--ood", "uniform", "--out", str(out), "--save-features"]) == 0
+    again = np.load(out / "features.npz")
+    np.testing.assert_allclose(again["umap/uniform"], feats["umap/uniform"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(again["umap/weight"], feats["umap/weight"])

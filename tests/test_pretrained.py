@@ -183,22 +183,6 @@ def test_cli_import_weights(tmp_path, capsys) -> None:
     assert "does not fit" in capsys.readouterr().err
 
 
-def test_matches_pytorch_ood_architecture_when_installed(tmp_path) -> None:
-    """With pytorch-ood installed: its WideResNet (normalized input) == our converted model ([0, 1] input)."""
-    pood = pytest.importorskip("pytorch_ood.model")
-    entry = pretrained.REGISTRY[NAME]
-    ref = pood.WideResNet(num_classes=10, depth=40, widen_factor=2, drop_rate=0.3).eval()
-    _randomize_bn(ref, 2)
-    src = tmp_path / "ref.pt"
-    torch.save(ref.state_dict(), src)
-    out = pretrained.import_state_dict(src, "wrn40_2", 10, {"mean": list(entry.mean), "std": list(entry.std)})
-    ours, _ = load_checkpoint(out, 10)
-    x = torch.rand(2, 3, 32, 32)
-    mean, std = torch.tensor(entry.mean).view(1, 3, 1, 1), torch.tensor(entry.std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        torch.testing.assert_close(ours.eval()(x), ref((x - mean) / std), rtol=1e-5, atol=1e-4)
-
-
 def test_run_recipe_with_init_skips_training(tmp_path, monkeypatch) -> None:
     """``run RECIPE --init SPEC``: no base training; every seed starts from the imported weights."""
     from unleash_ood import pipeline

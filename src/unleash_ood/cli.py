@@ -102,7 +102,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .pipeline import eval_run
 
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    records = eval_run(args.run, args.ood, out, near_specs=args.near, far_specs=args.far)
+    records = eval_run(args.run, args.ood, out, near_specs=args.near, far_specs=args.far,
+                       save_features=args.save_features)
     _print_table(records, out)
 
 
@@ -166,6 +167,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--ood", nargs="+", metavar="SPEC", help="as --far (kept for old scripts); with none of "
                    "--near/--far/--ood the run's own suite")
     e.add_argument("--out", help="output directory (default RUN/eval)")
+    e.add_argument("--save-features", action="store_true",
+                   help="also write features.npz (penultimate features + effective classifier per model)")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("config", help="print the effective config (defaults + file + overrides)")

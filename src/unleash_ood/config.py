@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from .data.specs import config_groups
 from .errors import UserError
-from .detectors import DEFAULT_SCORES, check_names
+from .detectors import DETECTORS, Detector, all_detector_names, build_detector, check_names
 from .train import OptimConfig
 
 
@@ -144,6 +145,11 @@ class OutlierConfig(_Strict):
     poem: dict = Field(default_factory=dict)
     scores: list[str] = Field(default_factory=lambda: ["MSP", "Energy"], min_length=1)
 
+    @field_validator("scores")
+    @classmethod
+    def _scores(cls, v: list[str]) -> list[str]:
+        return check_names(v)
+
     @field_validator("aux")
     @classmethod
     def _aux(cls, v: str) -> str:
@@ -154,6 +160,59 @@ class OutlierConfig(_Strict):
         except UserError as e:
             raise ValueError(str(e)) from None
         return v
+
+
+class ScoresConfig(BaseModel):
+    """The detectors to evaluate (``use``, in table order) and their hyperparameters, one section per
+    detector: ``scores.KNN.k=10``. Each section is validated by that detector's ``Params`` and holds the
+    effective values of every used detector. A plain list (``scores=[MSP, Energy]``) means ``use``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    use: list[str] = Field(default_factory=all_detector_names, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, data):
+        return {"use": data} if isinstance(data, (list, tuple)) else data
+
+    @field_validator("use")
+    @classmethod
+    def _use(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"a score is listed twice: {v}")
+        return check_names(v)
+
+    @model_validator(mode="after")
+    def _params(self) -> ScoresConfig:
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        errors: list[InitErrorDetails] = []
+        for name in [*extra, *(n for n in self.use if n not in extra)]:
+            if name not in DETECTORS:
+                errors.append(InitErrorDetails(type="value_error", loc=(name,), input=extra[name],
+                                               ctx={"error": f"unknown score {name!r}; choose from {all_detector_names()}"}))
+                continue
+            try:
+                extra[name] = DETECTORS[name].Params.model_validate(extra.get(name) or {}).model_dump()
+            except ValidationError as e:
+                errors += [InitErrorDetails(type=err["type"], loc=(name, *err["loc"]), input=err["input"],
+                                            ctx=err.get("ctx", {})) for err in e.errors()]
+        if errors:
+            raise ValidationError.from_exception_data("ScoresConfig", errors)
+        self.__pydantic_extra__ = {n: extra[n] for n in [*self.use, *(n for n in extra if n not in self.use)]}
+        return self
+
+    def params(self, name: str) -> dict:
+        """The effective hyperparameters of detector ``name``."""
+        return dict((self.__pydantic_extra__ or {}).get(name) or {})
+
+    def detectors(self) -> list[Detector]:
+        """Fresh, unfitted detectors of ``use``, with their configured hyperparameters."""
+        return [build_detector(n, self.params(n)) for n in self.use]
+
+    def subset(self, names: list[str]) -> ScoresConfig:
+        """The same hyperparameters, another ``use`` list."""
+        return ScoresConfig.model_validate({**self.model_dump(), "use": names})
 
 
 class DemoConfig(_Strict):
@@ -168,14 +227,19 @@ class DemoConfig(_Strict):
     umap: UMAPConfig = Field(default_factory=UMAPConfig)
     control: bool = True
     outliers: OutlierConfig = Field(default_factory=OutlierConfig)
-    scores: list[str] = Field(default_factory=lambda: list(DEFAULT_SCORES))
+    scores: ScoresConfig = Field(default_factory=ScoresConfig)
+    save_features: bool = True  # features.npz: penultimate features + effective classifier per model (≈33 MB here)
     seed: int = Field(0, ge=0)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
-    @field_validator("scores", "track_scores")
+    @field_validator("track_scores")
     @classmethod
     def _scores(cls, v: list[str]) -> list[str]:
-        return check_names(v)
+        fitted = [n for n in check_names(v) if DETECTORS[n].needs_fit or DETECTORS[n].needs_classifier
+                  or DETECTORS[n].needs_inputs]
+        if fitted:  # tracking scores the logits of each checkpoint, with no fit and no extra pass
+            raise ValueError(f"{fitted} cannot be tracked along training; use logit scores (MSP, Energy, MaxLogit, GEN)")
+        return v
 
 
 def quick(cfg: DemoConfig) -> DemoConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -132,12 +132,15 @@ def make_detectors(scores: Iterable[str | Detector]) -> list[Detector]:
     return out
 
 
-def fit_detectors(model: nn.Module, detectors: list[Detector], train: Iterable | None = None) -> Outputs | None:
-    """Fit every detector on the network as it is used: one pass over ``train`` (only if one needs it)
-    and the effective classifier layer. Returns the training outputs of that pass (or None)."""
+def fit_detectors(model: nn.Module, detectors: list[Detector], train: Iterable | None = None,
+                  keep_pass: bool = False) -> Outputs | None:
+    """Fit every detector on the network as it is used: one pass over ``train`` (only if one needs it, or
+    ``keep_pass`` and ``train`` is given) and the effective classifier layer. Returns that pass (or None)."""
     weight, bias = classifier_params(model)
     out = None
-    if any(d.needs_fit for d in detectors):
+    if keep_pass and train is not None and not any(d.needs_fit for d in detectors):
+        out = collect_outputs(model, train, desc="training features")
+    elif any(d.needs_fit for d in detectors):
         if train is None:
             need = [d.name for d in detectors if d.needs_fit]
             raise UserError(f"{', '.join(need)} need(s) the training batches to fit on")
@@ -152,7 +155,7 @@ def fit_detectors(model: nn.Module, detectors: list[Detector], train: Iterable |
 def score_outputs(outputs: Outputs, detectors: Iterable[str | Detector]) -> dict[str, np.ndarray]:
     """Every score that is a function of one forward pass (all but ODIN), from that pass's outputs."""
     dets = [build_detector(d) if isinstance(d, str) else d for d in detectors]
-    return {d.name: d.score(outputs.logits, outputs.features).cpu().numpy() for d in dets if not d.needs_inputs}
+    return {d.name: d.score_bulk(outputs.logits, outputs.features).cpu().numpy() for d in dets if not d.needs_inputs}
 
 
 def input_scores(model: nn.Module, batches: Iterable, detector: Detector, desc: str | None = None) -> np.ndarray:
@@ -169,10 +172,14 @@ def input_scores(model: nn.Module, batches: Iterable, detector: Detector, desc: 
 
 @dataclass
 class Evaluation:
-    """Per-sample scores by dataset (``id`` first) and score name, plus ID accuracy."""
+    """Per-sample scores by dataset (``id`` first) and score name, plus ID accuracy; the detectors as
+    fitted on this model; with ``keep_features``, the penultimate features by dataset (plus ``train``)
+    and the effective classifier ``weight`` / ``bias``."""
 
     scores: dict[str, dict[str, np.ndarray]]
     id_acc: float
+    detectors: list[Detector] = field(default_factory=list)
+    features: dict[str, torch.Tensor] | None = None
 
     def records(self, model_name: str, groups: Mapping[str, str] | None = None) -> list[dict]:
         """Metric records per (score, OOD set), then aggregate records per score.
@@ -197,17 +204,19 @@ class Evaluation:
 
 def evaluate(model: nn.Module, id_test: Iterable, ood_sets: dict[str, Iterable],
              scores: Iterable[str | Detector] = DEFAULT_SCORES, train: Iterable | None = None,
-             num_classes: int | None = None) -> Evaluation:
+             num_classes: int | None = None, keep_features: bool = False) -> Evaluation:
     """Score the labelled ID test batches and each OOD set with every requested detector.
 
     Detectors are fitted here, on ``model`` as it is (masks included), from one pass over ``train``
-    (labelled batches; needed by the feature detectors). ``num_classes``, if given, is checked
-    against the classifier.
+    (labelled batches; needed by the feature detectors); a fitted detector passed in is copied, never
+    reused. ``num_classes``, if given, is checked against the classifier. ``keep_features`` keeps the
+    penultimate features of every set in ``Evaluation.features``.
     """
     detectors = make_detectors(scores)
     if num_classes is not None and classifier_params(model)[0].shape[0] != num_classes:
         raise UserError(f"the classifier has {classifier_params(model)[0].shape[0]} outputs, not {num_classes}")
-    fit_detectors(model, detectors, train)
+    train_out = fit_detectors(model, detectors, train, keep_pass=keep_features)
+    features: dict[str, torch.Tensor] = {}
     result: dict[str, dict[str, np.ndarray]] = {}
     id_acc = float("nan")
     for name, batches in {"id": id_test, **ood_sets}.items():
@@ -221,4 +230,10 @@ def evaluate(model: nn.Module, id_test: Iterable, ood_sets: dict[str, Iterable],
             if d.needs_inputs:
                 by_score[d.name] = input_scores(model, batches, d, desc=f"{d.name} {name}")
         result[name] = {d.name: by_score[d.name] for d in detectors}
-    return Evaluation(scores=result, id_acc=id_acc)
+        if keep_features:
+            features[name] = out.features
+    if keep_features:
+        weight, bias = classifier_params(model)
+        features.update({"weight": weight, **({"bias": bias} if bias is not None else {}),
+                         **({"train": train_out.features} if train_out is not None else {})})
+    return Evaluation(scores=result, id_acc=id_acc, detectors=detectors, features=features if keep_features else None)

@@ -133,7 +133,7 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
     write_json(out / "outlier_log.json", logs)
 
     t = time.perf_counter()
-    records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores)
+    records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores.detectors())
     if len(prep.id.val[0]):  # ID validation accuracy + synthetic validation OOD: what may be selected on
         summary["validation"] = validation_metrics(models, prep)
     timings["evaluate"] = time.perf_counter() - t
@@ -188,7 +188,7 @@ def outlier_notes(cfg: DemoConfig, prep, summary: dict) -> str:
 
 
 def _scored(cfg: DemoConfig) -> DemoConfig:
-    return cfg.model_copy(update={"scores": cfg.outliers.scores})
+    return cfg.model_copy(update={"scores": cfg.scores.subset(cfg.outliers.scores)})
 
 
 def run_outliers(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: str | Path) -> list[dict]:

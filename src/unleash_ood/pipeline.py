@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from .data.specs import config_groups
 from .data.suite import load_ood_sets
 from .data.transforms import random_shift_flip
 from .errors import UserError
+from .detectors import Detector
 from .evaluate import TensorBatches, collect_outputs, evaluate, score_outputs
+from .features import flatten_features, save_features
 from .masking import apply_masks, remove_masks
 from .methods.um import ZetaEstimate, estimate_zeta, unleash
 from .methods.umap import learn_umap_mask
@@ -191,10 +194,15 @@ def run_umap(base: nn.Module, prep: Prepared, cfg: UMAPConfig, zeta: float, seed
                            cfg.keep_ratio, cfg.optim, init=cfg.init, seed=seed)
 
 
-def evaluate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prepared, scores: list[str],
+def evaluate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prepared,
+                    scores: Iterable[str | Detector], features_path: Path | None = None,
                     ) -> tuple[list[dict], dict[str, np.ndarray], dict[str, dict], dict[str, float]]:
-    """Evaluate each ``name → (model, mask or None)``; a masked model's ID-ACC is the unmasked one's."""
-    records, flat, by_model, masked_acc = [], {}, {}, {}
+    """Evaluate each ``name → (model, mask or None)``; a masked model's ID-ACC is the unmasked one's.
+
+    Detectors are fitted afresh per model, on the network as it is used (the mask applied). With
+    ``features_path``, the penultimate features and effective classifier of each model go there."""
+    records, flat, by_model, masked_acc, feats = [], {}, {}, {}, {}
+    scores = list(scores)
     train_b = prep.batches(*prep.id.train)
     for name, (model, masks) in models.items():
         say(f"evaluating {name}")
@@ -202,7 +210,7 @@ def evaluate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prep
             apply_masks(model, masks)
         try:
             ev = evaluate(model, prep.batches(*prep.id.test), prep.ood_batches(), scores, train=train_b,
-                          num_classes=prep.id.num_classes)
+                          num_classes=prep.id.num_classes, keep_features=features_path is not None)
         finally:
             if masks is not None:
                 remove_masks(model)
@@ -213,6 +221,10 @@ def evaluate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prep
         records += ev.records(name, prep.groups)
         flat.update(flatten_scores(name, ev.scores))
         by_model[name] = ev.scores
+        if ev.features is not None:
+            feats.update(flatten_features(name, ev.features))
+    if features_path is not None:
+        save_features(features_path, feats)
     return records, flat, by_model, masked_acc
 
 
@@ -363,7 +375,8 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
         write_json(out / "finetune_log.json", histories)
 
     t = time.perf_counter()
-    records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores)
+    records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores.detectors(),
+                                                          out / "features.npz" if cfg.save_features else None)
     if len(prep.id.val[0]):
         summary["validation"] = validation_metrics(models, prep)
     timings["evaluate"] = time.perf_counter() - t
@@ -448,9 +461,11 @@ def load_checkpoint(path: str | Path, num_classes: int | None = None,
 
 
 def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Path | None = None,
-             near_specs: list[str] | None = None, far_specs: list[str] | None = None) -> list[dict]:
+             near_specs: list[str] | None = None, far_specs: list[str] | None = None,
+             save_features: bool = False) -> list[dict]:
     """Evaluate every model of a finished run (base, um, ce_finetune, umap, outlier models) on other OOD
-    sets: ``near_specs`` and ``far_specs`` + ``ood_specs`` (far); none given: the run's own suite."""
+    sets: ``near_specs`` and ``far_specs`` + ``ood_specs`` (far); none given: the run's own suite
+    (``save_features``: also write ``features.npz``)."""
     run = Path(run_dir)
     cfg = load_run_config(run)
     out = Path(out_dir) if out_dir else run / "eval"
@@ -467,7 +482,8 @@ def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Pa
             models[name[: -len("_mask")]] = (base, load_masks(path)[0])
         else:
             models[name] = (load_checkpoint(path, prep.id.num_classes, cfg.model)[0], None)
-    records, flat, by_model, _ = evaluate_models(models, prep, cfg.scores)
+    records, flat, by_model, _ = evaluate_models(models, prep, cfg.scores.detectors(),
+                                                 out / "features.npz" if save_features else None)
     if any(name.split("_")[0] in OUTLIER_LABELS for name in models):
         for r in records:
             r["aux"] = r["model"].split("_")[0] in OUTLIER_LABELS

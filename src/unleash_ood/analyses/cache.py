@@ -197,10 +197,10 @@ class Context:
     def evaluate(self, d: Path, label: str, models: Callable[[], dict], scores: list[str] | None = None,
                  keep_scores: bool = False) -> dict:
         """Evaluate ``models()`` (name → (model, mask|None)) once; the mean rows, cached in ``d``."""
-        scores = scores or self.cfg.scores
+        detectors = self.cfg.scores.subset(scores).detectors() if scores else self.cfg.scores.detectors()
 
         def run(d: Path) -> dict:
-            records, flat, _, masked_acc = evaluate_models(models(), self.prep, scores)
+            records, flat, _, masked_acc = evaluate_models(models(), self.prep, detectors)
             if keep_scores:
                 atomic_write(d / "scores.npz", lambda tmp: _savez(tmp, flat))
             return {"records": records, "masked_acc": masked_acc}

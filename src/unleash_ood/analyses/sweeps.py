@@ -10,7 +10,7 @@ from .common import mean_rows, metric_row, write_table
 
 def _base_rows(ctx: Context, base, **cols) -> list[dict]:
     """The base model's mean rows (its evaluation is cached in the base folder, shared by analyses)."""
-    res = ctx.evaluate(base.dir / "eval" / stable_hash(ctx.cfg.scores), "evaluate base",
+    res = ctx.evaluate(base.dir / "eval" / stable_hash(ctx.cfg.scores.model_dump()), "evaluate base",
                        lambda: {"base": (base.load(), None)})
     return [{**cols, "score": s, **metric_row(r)} for (_, s), r in mean_rows(res["records"]).items()]
 

@@ -86,7 +86,7 @@ def typical_atypical(ctx: Context) -> dict:
 
             def run(d: Path, sub=sub) -> dict:
                 tuned, hist = run_um(base.load(ep), sub, um_cfg, 0.0, ctx.cfg.seed, ctx.cfg.data.augment)
-                records, _, _, _ = evaluate_models({"ft": (tuned, None)}, sub, ctx.cfg.scores)
+                records, _, _, _ = evaluate_models({"ft": (tuned, None)}, sub, ctx.cfg.scores.detectors())
                 return {"records": records, "history": hist}
 
             res = ctx.subrun(ctx.out / f"{kind}_{n}", f"fine-tune epoch {ep} on {n} {kind} samples", run)
@@ -115,7 +115,7 @@ def overfitting(ctx: Context) -> dict:
     um_model, _ = ctx.um(base)
     masks, _ = ctx.umap(base)
     entries += [("UM", lambda: {"m": (um_model, None)}), ("UMAP", lambda: {"m": (base.load(), masks)})]
-    scores = [s for s in ("ODIN", "Energy") if s in ctx.cfg.scores] or ["Energy"]
+    scores = [s for s in ("ODIN", "Energy") if s in ctx.cfg.scores.use] or ["Energy"]
     rows = []
     for i, (label, fn) in enumerate(entries):
         # train (or load) the variant outside the evaluation cache so the base folders are shared

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import UserError
 
@@ -50,6 +50,7 @@ class Detector:
     Params: ClassVar[type[Params]] = Params
     needs_fit: ClassVar[bool] = False  # needs training statistics (else fit only keeps the classifier)
     needs_inputs: ClassVar[bool] = False  # scores from inputs with its own pass (ODIN)
+    needs_classifier: ClassVar[bool] = False  # keeps the effective classifier weight/bias from fit
 
     def __init__(self, **params: Any) -> None:
         try:
@@ -69,9 +70,13 @@ class Detector:
     def score(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def score_bulk(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``score`` for a whole dataset at once (evaluation); may use optional accelerated libraries."""
+        return self.score(logits, features)
+
     def check_fitted(self) -> None:
-        if self.needs_fit and not self.fitted:
-            raise UserError(f"{self.name} must be fitted on the training set before scoring")
+        if (self.needs_fit or self.needs_classifier) and not self.fitted:
+            raise UserError(f"{self.name} must be fitted (training set / classifier) before scoring")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.stats)
@@ -87,6 +92,29 @@ class Detector:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+class PercentileParams(Params):
+    """A percentile p in (0, 100) (exclusive)."""
+
+    percentile: float = Field(90.0, gt=0, lt=100)
+
+
+def classifier_stats(data: FitData) -> dict[str, torch.Tensor]:
+    """The effective classifier layer as stats (a zero bias where the layer has none)."""
+    bias = data.bias if data.bias is not None else torch.zeros(data.weight.shape[0])
+    return {"weight": data.weight.detach().float().clone(), "bias": bias.detach().float().clone()}
+
+
+def linear(features: torch.Tensor, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits ``h Wᵀ + b`` of the stored classifier (on the features' device and dtype)."""
+    w, b = stats["weight"].to(features), stats["bias"].to(features)
+    return features @ w.T + b
+
+
+def fit_error(name: str, key: str, value: Any, why: str) -> UserError:
+    """One line naming the config key of a hyperparameter that does not fit the data."""
+    return UserError(f"invalid config: scores.{name}.{key}={value}: {why}")
 
 
 DETECTORS: dict[str, type[Detector]] = {}

@@ -1,4 +1,4 @@
-"""Detectors on the logits alone: MSP, MaxLogit, Energy, and ODIN (its own gradient pass)."""
+"""Detectors on the logits alone: MSP, MaxLogit, Energy, GEN, and ODIN (its own gradient pass)."""
 
 from __future__ import annotations
 
@@ -60,3 +60,27 @@ class ODIN(Detector):
 
     def score_inputs(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return odin_score(model, x, self.params.temperature, self.params.epsilon)
+
+
+def gen_score(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> torch.Tensor:
+    """GEN (Liu et al., CVPR 2023): ``−Σ_{top-M p} p^γ (1 − p)^γ`` over the M largest softmax
+    probabilities (M capped at C), in float64 so confident predictions do not saturate."""
+    p = logits.double().softmax(1)
+    top = p.sort(dim=1, descending=True).values[:, :top_m]  # a slice, not min(M, C): traces without a branch
+    return -(top.pow(gamma) * (1.0 - top).pow(gamma)).sum(1)
+
+
+class GENParams(Params):
+    gamma: float = Field(0.1, gt=0)
+    M: int = Field(100, ge=1, description="number of top probabilities (capped at the number of classes)")
+
+
+@register
+class GEN(Detector):
+    """Generalized entropy (Liu et al., CVPR 2023) over the top-M softmax probabilities."""
+
+    name = "GEN"
+    Params = GENParams
+
+    def score(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return gen_score(logits, self.params.gamma, self.params.M)
