@@ -12,24 +12,36 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import runtime
 from ..errors import UserError
 from ..evaluate import split_batch, to_model_input
 from ..masking import check_keep_ratio, masked, random_layer_masks
 from ..train import OptimConfig, StepLoss, train
 
 
-def flooding_loss(ce: torch.Tensor, zeta: float) -> torch.Tensor:
-    """Eq. 3 on the batch-mean CE: gradient descent above ζ, gradient ascent below it."""
-    return (ce - zeta).abs() + zeta
+def flooding_loss(ce: torch.Tensor, zeta: float, global_ce: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 3 on the batch-mean CE: gradient descent above ζ, gradient ascent below it.
+
+    ``global_ce``: the (detached) CE of the whole batch when ``ce`` is one rank's slice of it under
+    DDP. The sign then comes from the global batch and the value is ``|global_ce − ζ| + ζ``, so the
+    rank-averaged gradient is ``sign(CE − ζ)∇CE``, as in one process.
+    """
+    if global_ce is None:
+        return (ce - zeta).abs() + zeta
+    sign = torch.sign(global_ce - zeta)
+    return sign * (ce - ce.detach()) + (global_ce - zeta).abs() + zeta
 
 
 def flooding_step(zeta: float) -> StepLoss:
-    """A step loss for :func:`unleash_ood.train.train`: flooding on the batch-mean CE."""
+    """A step loss for :func:`unleash_ood.train.train`: flooding on the batch-mean CE (of the global
+    batch under torchrun, see :func:`flooding_loss`)."""
 
     def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = split_batch(batch)
         logits = model(to_model_input(x, model))
         ce = F.cross_entropy(logits, y.to(logits.device))
+        if runtime.world_size() > 1:
+            return flooding_loss(ce, zeta, runtime.global_batch_mean(ce.detach(), len(y))), ce.detach()
         return flooding_loss(ce, zeta), ce.detach()
 
     return step
@@ -80,14 +92,15 @@ def estimate_zeta(model: nn.Module, batches: Iterable, keep_ratio: float, draws:
                   seed: int = 0) -> ZetaEstimate:
     """ζ = mean CE of the randomly masked model m_δ ⊙ f* over the training set (Algorithm 1, lines 1–10).
 
-    One random layer-wise mask per draw (seeds ``seed, seed+1, …``); the model is unchanged afterwards.
+    One random layer-wise mask per draw (draws ``0, 1, …`` of run seed ``seed``'s ζ stream, see
+    :func:`~unleash_ood.masking.stream_generator`); the model is unchanged afterwards.
     """
     check_keep_ratio(keep_ratio)
     if draws < 1:
         raise UserError(f"draws must be ≥ 1, got {draws}")
     estimate = ZetaEstimate(keep_ratio=keep_ratio)
     for d in range(draws):
-        with masked(model, random_layer_masks(model, keep_ratio, seed + d)):
+        with masked(model, random_layer_masks(model, keep_ratio, seed, draw=d)):
             estimate.values.append(mean_cross_entropy(model, batches, desc=f"zeta draw {d + 1}/{draws}"))
     return estimate
 
