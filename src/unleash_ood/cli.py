@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .cli_paper import add_paper_parsers
+from .rundir import RunDir
 from .config import DemoConfig, apply_overrides, quick, validate
 from .errors import UserError
 
@@ -51,10 +52,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .outlier_pipeline import demo_with_outliers
     from .pipeline import run_demo
 
-    if args.with_outliers:
-        demo_with_outliers(_config(args), args.out)
-    else:
-        run_demo(_config(args), args.out, resume=args.resume)
+    cfg = _config(args)
+    with RunDir.for_command(args.out, args) as out:
+        if args.with_outliers:
+            demo_with_outliers(cfg, out)
+        else:
+            run_demo(cfg, out, resume=args.resume)
     _print_table(Path(args.out))
 
 
@@ -73,7 +76,8 @@ def cmd_oe(args: argparse.Namespace) -> None:
         cfg = _config(args)
     chosen = {k: v for k, v in (("methods", args.method), ("withs", args.with_)) if v}
     cfg = validate(DemoConfig, {**cfg.model_dump(), "outliers": {**cfg.outliers.model_dump(), **chosen}})
-    run_outliers(cfg, args.out, args.checkpoint)  # type: ignore[arg-type]
+    with RunDir.for_command(args.out, args) as out:
+        run_outliers(cfg, out, args.checkpoint)  # type: ignore[arg-type]
     _print_table(Path(args.out))
 
 
@@ -81,8 +85,9 @@ def _stage_command(stages: tuple[str, ...]):
     def run(args: argparse.Namespace) -> None:
         from .pipeline import run_pipeline
 
-        run_pipeline(_config(args), args.out, stages, init_checkpoint=getattr(args, "checkpoint", None),
-                     resume=args.resume)
+        cfg = _config(args)
+        with RunDir.for_command(args.out, args) as out:
+            run_pipeline(cfg, out, stages, init_checkpoint=getattr(args, "checkpoint", None), resume=args.resume)
         _print_table(Path(args.out))
     return run
 
@@ -91,7 +96,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .pipeline import eval_run
 
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    eval_run(args.run, args.ood, out)
+    with RunDir.for_command(out, args) as run_dir:
+        eval_run(args.run, args.ood, run_dir)
     _print_table(out)
 
 
@@ -111,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         sp.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out from checkpoints/last_state.pt (same config)")
+        sp.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
 
     d = sub.add_parser("demo", help="the whole pipeline on the embedded default", epilog=EPILOG)
     common(d, "runs/demo")
@@ -148,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--ood", nargs="+", required=True, metavar="SPEC",
                    help="digits, textures, photos, gaussian, uniform, npz:PATH, folder:PATH")
     e.add_argument("--out", help="output directory (default RUN/eval)")
+    e.add_argument("--overwrite", action="store_true", help="empty a non-empty output directory first")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("config", help="print the effective config (defaults + file + overrides)")
