@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .cli_paper import add_paper_parsers
 from .rundir import RunDir
-from .config import DemoConfig, apply_overrides, quick, validate
+from .config import DemoConfig, apply_overrides, load_preset, merge, validate
 from .errors import UserError
 
 EPILOG = ("Settings: any config key as key=value, e.g. base.epochs=20 um.keep_ratio=0.97 "
@@ -30,11 +30,12 @@ def _config(args: argparse.Namespace) -> DemoConfig:
             raise UserError(f"cannot parse config {path}: {e}") from None
         if not isinstance(data, dict):
             raise UserError(f"config {path} must be a mapping of keys to values")
+    if getattr(args, "quick", False):  # the preset first: the user's file and overrides win over it
+        data = merge(load_preset("quick"), data)
     data = apply_overrides(data, list(args.overrides))
     if args.data_root:
         data.setdefault("data", {})["data_root"] = args.data_root
-    cfg = validate(DemoConfig, data)
-    return quick(cfg) if getattr(args, "quick", False) else cfg  # type: ignore[return-value]
+    return validate(DemoConfig, data)  # type: ignore[return-value]
 
 
 def _print_table(out: Path) -> None:
@@ -70,8 +71,7 @@ def cmd_oe(args: argparse.Namespace) -> None:
         if args.config:
             raise UserError("give --recipe or --config, not both")
         root = [f"data.data_root={args.data_root}"] if args.data_root else []
-        cfg = load_recipe(args.recipe, [*args.overrides, *root])
-        cfg = quick(cfg) if args.quick else cfg
+        cfg = load_recipe(args.recipe, [*args.overrides, *root], presets=["quick"] if args.quick else [])
     else:
         cfg = _config(args)
     chosen = {k: v for k, v in (("methods", args.method), ("withs", args.with_)) if v}
