@@ -176,3 +176,26 @@ def test_demo_with_outliers_merges_the_tables(tmp_path: Path) -> None:
     assert {r["model"] for r in records if r["aux"]} == {"oe", "oe_um"}
     assert "OE+UM (Energy)" in (out / "results.md").read_text() and "Energy+UMAP" in (out / "results.md").read_text()
     assert "oe_um/Energy/digits" in np.load(out / "scores.npz") and "um/Energy/id" in np.load(out / "scores.npz")
+
+
+def test_help_and_config_import_no_torch() -> None:
+    """`--help` and `config` answer without loading torch, matplotlib or pydantic-heavy modules."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "from unleash_ood import cli\n"
+            "cli.parser()\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert cli.main(['config', '--quick', 'base.epochs=40']) == 0\n"
+            "heavy = sorted(m for m in ('torch', 'matplotlib', 'numpy', 'unleash_ood.pipeline', 'unleash_ood.reproduce')"
+            " if m in sys.modules)\n"
+            "print(heavy)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+    listed = subprocess.run([sys.executable, "-m", "unleash_ood", "--help"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert listed.returncode == 0 and "reproduce" in listed.stdout and "select-keep" in listed.stdout

@@ -1,4 +1,9 @@
-"""``unleash-ood``: a thin shell over the library. A user's mistake prints one line and exits 2."""
+"""``unleash-ood``: a thin shell over the library. A user's mistake prints one line and exits 2.
+
+Startup stays fast: this module and the parsers import no torch, pydantic or matplotlib; each command
+imports what it uses when it runs (``reproduce``'s parser lives with its heavy module and is built only
+when that command is given).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cli_paper import add_paper_parsers
-from .rundir import RunDir
-from .config import DemoConfig, apply_overrides, load_preset, merge, validate
 from .errors import UserError
+from .rundir import RunDir
+
+if TYPE_CHECKING:
+    from .config import DemoConfig
 
 EPILOG = ("Settings: any config key as key=value, e.g. base.epochs=20 um.keep_ratio=0.97 "
           "umap.prune_rate=0.8 data.ood='[digits, npz:/data/svhn.npz]'. See README.")
 
 
 def _config(args: argparse.Namespace) -> DemoConfig:
+    from .config import DemoConfig, apply_overrides, load_preset, merge, validate
+
     data: dict = {}
     if args.config:
         path = Path(args.config)
@@ -74,6 +84,8 @@ def cmd_oe(args: argparse.Namespace) -> None:
         cfg = load_recipe(args.recipe, [*args.overrides, *root], presets=["quick"] if args.quick else [])
     else:
         cfg = _config(args)
+    from .config import DemoConfig, validate
+
     chosen = {k: v for k, v in (("methods", args.method), ("withs", args.with_)) if v}
     cfg = validate(DemoConfig, {**cfg.model_dump(), "outliers": {**cfg.outliers.model_dump(), **chosen}})
     with RunDir.for_command(args.out, args) as out:
@@ -165,14 +177,37 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", metavar="key=value")
     c.set_defaults(func=cmd_config)
     add_paper_parsers(sub)
-    from .reproduce import add_reproduce_parser  # matplotlib and the pipeline: imported only here
-
-    add_reproduce_parser(sub)
+    # listed here; parsed by reproduce's own parser (see main), which imports the pipeline
+    sub.add_parser("reproduce", help="the paper's analyses at embedded scale (`reproduce --help`)", add_help=False)
     return p
 
 
+def _reproduce_args(argv: list[str]) -> argparse.Namespace:
+    """``reproduce …``: its parser lives in :mod:`unleash_ood.reproduce` (matplotlib, the pipeline)."""
+    from .reproduce import add_reproduce_parser
+
+    p = argparse.ArgumentParser(prog="unleash-ood")
+    add_reproduce_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    args.func = _in_reproduce_dir(args.func)
+    return args
+
+
+def _in_reproduce_dir(func):
+    """Run ``reproduce`` holding its output folder: cached sub-runs are reused (never refused) unless
+    ``--overwrite`` empties it first."""
+
+    def run(args: argparse.Namespace) -> None:
+        root = Path("runs/reproduce")
+        out = Path(args.out) if args.out else (root if args.name == "all" else root / args.name)
+        with RunDir(out, resume=not args.overwrite, overwrite=args.overwrite):
+            func(args)
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _reproduce_args(argv) if argv[:1] == ["reproduce"] else parser().parse_args(argv)
     try:
         args.func(args)
     except UserError as e:

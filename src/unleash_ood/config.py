@@ -7,10 +7,21 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .data.ood import BUILTIN_OOD
 from .errors import UserError
-from .scores import ALL_SCORES
-from .train import OptimConfig
+from .names import ALL_SCORES, BUILTIN_OOD
+
+
+class OptimConfig(BaseModel):
+    """SGD with Nesterov momentum and a per-step learning-rate schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    schedule: Literal["cosine", "linear", "multi_decay", "multi_step", "constant"] = "cosine"
 
 
 class _Strict(BaseModel):
@@ -114,6 +125,8 @@ class OutlierConfig(_Strict):
     @field_validator("aux")
     @classmethod
     def _aux(cls, v: str) -> str:
+        if v == "builtin":  # the default needs no parsing (and no torch import: `config` stays fast)
+            return v
         from .data.auxiliary import parse_aux_spec
 
         try:

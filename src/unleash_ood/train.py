@@ -9,32 +9,18 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import OptimConfig
 from .errors import UserError
 from .evaluate import split_batch, to_model_input
 
 StepLoss = Callable[[nn.Module, object], tuple[torch.Tensor, torch.Tensor]]
 """``(model, batch) -> (objective, plain ID cross-entropy)``; the second is only logged."""
-
-
-class OptimConfig(BaseModel):
-    """SGD with Nesterov momentum and a per-step learning-rate schedule."""
-
-    model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(30, ge=1)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(128, ge=1)
-    schedule: Literal["cosine", "linear", "multi_decay", "multi_step", "constant"] = "cosine"
 
 
 def lr_factor(schedule: str, progress: float) -> float:

@@ -23,8 +23,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..names import BUILTIN_OOD  # noqa: F401 - re-exported: the light home of the names
 
-BUILTIN_OOD: tuple[str, ...] = ("digits", "textures", "photos", "gaussian", "uniform")
 TEXTURE_PICTURES: tuple[str, ...] = ("brick", "grass", "gravel")
 PHOTO_PICTURES: tuple[str, ...] = (
     "camera", "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
