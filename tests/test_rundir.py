@@ -153,3 +153,11 @@ def test_cli_refuses_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("unleash-ood: error: ") for line in err)
     assert "is a file" in err[0] and "already holds a run" in err[1] and "in use by another run" in err[2]
+
+
+def test_cleanup_spares_another_run_in_a_parent_both_created(tmp_path):
+    with pytest.raises(UserError):
+        with RunDir(tmp_path / "runs" / "a"):
+            (tmp_path / "runs" / "b").mkdir()  # another run starts beside this one meanwhile
+            raise UserError("bad input")
+    assert _tree(tmp_path) == {"runs", "runs/b"}

@@ -176,8 +176,18 @@ class RunDir(os.PathLike):
         self._fd = None
 
     def _remove_created(self) -> None:
-        if self._created is not None and self._created.exists():
-            shutil.rmtree(self._created, ignore_errors=True)
+        """Remove the run directory this run created, then the parents it created while empty (another
+        run may have started inside them meanwhile)."""
+        if self._created is None:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        for parent in self.path.parents:
+            if not parent.is_relative_to(self._created):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 def _first_missing(path: Path) -> Path | None:
