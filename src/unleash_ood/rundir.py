@@ -96,8 +96,9 @@ class RunDir(os.PathLike):
                     _remove(p)
             self._before = set(self.path.rglob("*"))
         except BaseException:
+            if self._fd is not None:  # never remove a directory another run holds
+                self._remove_created()
             self._release()
-            self._remove_created()
             raise
         return self
 
@@ -158,8 +159,7 @@ class RunDir(os.PathLike):
 
     def _clean(self, written: list[Path]) -> None:
         if self._created is not None:
-            self._release()
-            self._remove_created()
+            self._remove_created()  # still holding the lock
             return
         for p in written:
             p.unlink(missing_ok=True)
