@@ -47,3 +47,15 @@ def test_one_call_per_step(loaders, arch, kwargs) -> None:
     rows = result.records("um")
     assert {r["score"] for r in rows} == set(uo.DETECTORS)  # every detector by default
     assert 0 <= result.id_acc <= 100
+
+
+def test_package_exports_stay_the_functions_after_their_submodules_load() -> None:
+    import importlib
+
+    importlib.import_module("unleash_ood.train")
+    importlib.import_module("unleash_ood.evaluate")
+    assert uo.train is importlib.import_module("unleash_ood.train").train
+    assert uo.evaluate is importlib.import_module("unleash_ood.evaluate").evaluate
+    assert set(uo.__all__) <= set(dir(uo))
+    with pytest.raises(AttributeError):
+        uo.no_such_name  # noqa: B018

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import stat
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,13 @@ def test_tensors_round_trip_without_meta(tmp_path: Path) -> None:
     loaded, meta = load_tensors(path)
     assert meta == {}
     assert torch.equal(loaded["a"], t["a"]) and torch.equal(loaded["b"], t["b"])
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_honours_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        path = atomic_write(tmp_path / "f.txt", lambda tmp: Path(tmp).write_text("x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode

@@ -160,7 +160,7 @@ def test_bad_checkpoints(capsys, tmp_path: Path) -> None:
     save_model(other, build_model("small_cnn", 10, width=8), {})  # bare state_dict, claimed to be width 16
     _fails(capsys, ["um", "--checkpoint", str(other), "--out", str(tmp_path / "o"), *SMALL[:6]],
            "does not fit this model")
-    assert not (tmp_path / "o" / "results.json").exists()
+    assert not (tmp_path / "o").exists()  # bad input leaves nothing behind
 
 
 def test_bad_ood_sets(capsys, tmp_path: Path, demo_run: Path) -> None:
@@ -170,7 +170,7 @@ def test_bad_ood_sets(capsys, tmp_path: Path, demo_run: Path) -> None:
            str(empty))
     _fails(capsys, ["eval", "--run", str(tmp_path), "--ood", "digits"], "not a finished run")
     _fails(capsys, ["eval", "--run", str(demo_run), "--ood", "cifar99", "--out", str(tmp_path / "x")], "cifar99")
-    assert not (tmp_path / "x" / "results.json").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "eval").exists()  # nothing left behind
 
 
 def test_nan_loss_stops_with_a_clear_message(capsys, tmp_path: Path) -> None:
@@ -241,3 +241,26 @@ def test_demo_features_npz_recomputes_knn_and_eval_saves_features(demo_run: Path
     again = np.load(out / "features.npz")
     np.testing.assert_allclose(again["umap/uniform"], feats["umap/uniform"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(again["umap/weight"], feats["umap/weight"])
+
+
+def test_help_and_config_import_no_torch() -> None:
+    """`--help` and `config` answer without loading torch, matplotlib or pydantic-heavy modules."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "from unleash_ood import cli\n"
+            "cli.parser()\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert cli.main(['config', '--quick', 'base.epochs=40']) == 0\n"
+            "heavy = sorted(m for m in ('torch', 'matplotlib', 'numpy', 'unleash_ood.pipeline', 'unleash_ood.reproduce')"
+            " if m in sys.modules)\n"
+            "print(heavy)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+    listed = subprocess.run([sys.executable, "-m", "unleash_ood", "--help"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert listed.returncode == 0 and "reproduce" in listed.stdout and "select-keep" in listed.stdout

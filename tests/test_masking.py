@@ -20,6 +20,7 @@ from unleash_ood.masking import (
     popup_binary_masks,
     random_layer_masks,
     remove_masks,
+    stream_generator,
 )
 from unleash_ood.models import build_model
 
@@ -72,6 +73,24 @@ def test_random_masks_seeded() -> None:
     for k in a:
         if a[k].numel() > 50:
             assert not torch.equal(a[k], c[k]), k
+
+
+def test_zeta_masks_and_umap_init_use_independent_streams() -> None:
+    """Same run seed: the ζ mask and UMAP's initial scores come from unrelated generators (they once
+    shared ``Generator().manual_seed(seed)``, which made the kept sets strongly correlated)."""
+    seed = 3
+    seeds = {stream_generator(seed, "zeta", d).initial_seed() for d in range(3)}
+    seeds.add(stream_generator(seed, "umap-init").initial_seed())
+    assert len(seeds) == 4 and seed not in seeds
+    layer = nn.Linear(250, 200, bias=False)
+    zeta_mask = random_layer_masks(layer, 0.5, seed=seed)[""].float().flatten()
+    add_popup_masks(layer, 0.5, seed=seed)
+    init = layer.parametrizations.weight[0].scores.detach().flatten()
+    corr = torch.corrcoef(torch.stack([zeta_mask, init]))[0, 1].item()
+    assert abs(corr) < 0.03  # shared seed: −0.42; independent: sd ≈ 1/sqrt(50000) ≈ 0.0045
+    # draw 1 of seed 0 is no longer draw 0 of seed 1
+    assert not torch.equal(random_layer_masks(layer, 0.5, seed=0, draw=1)[""],
+                           random_layer_masks(layer, 0.5, seed=1)[""])
 
 
 @pytest.mark.parametrize("keep_ratio", [1.0, 0.9, 0.3])

@@ -40,6 +40,14 @@ def test_flooding_loss_never_below_zeta() -> None:
     assert (flooding_loss(ce, 1.0) >= 1.0).all()
 
 
+def test_flooding_loss_with_global_ce_takes_the_global_sign() -> None:
+    local = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)  # below ζ on this rank's slice
+    loss = flooding_loss(local, 0.5, global_ce=torch.tensor(0.9, dtype=torch.float64))  # batch above ζ
+    assert loss.item() == pytest.approx(0.9)  # |0.9 − 0.5| + 0.5
+    (grad,) = torch.autograd.grad(loss, local)
+    assert grad.item() == 1.0  # descent, as the whole batch asks
+
+
 def test_flooding_step_on_batch(trained_cnn, fmnist_small) -> None:
     x, y = fmnist_small[0][:64], fmnist_small[1][:64]
     trained_cnn.eval()
@@ -53,9 +61,9 @@ def test_flooding_step_on_batch(trained_cnn, fmnist_small) -> None:
 
 # ------------------------------------------------------------------------------------ ζ
 
-def _hand_masked_ce(model, x, y, keep_ratio: float, seed: int, batch_size: int) -> float:
+def _hand_masked_ce(model, x, y, keep_ratio: float, seed: int, batch_size: int, draw: int = 0) -> float:
     """Mean CE of W ⊙ m over all samples, the masked weights written into a deep copy, eval mode."""
-    masks = random_layer_masks(model, keep_ratio, seed)
+    masks = random_layer_masks(model, keep_ratio, seed, draw)
     clone = copy.deepcopy(model).eval()
     layers = maskable_layers(clone)
     with torch.no_grad():
@@ -98,7 +106,7 @@ def test_estimate_zeta_three_draws(trained_cnn, fmnist_small) -> None:
     x, y = fmnist_small[0][:200], fmnist_small[1][:200]
     reference = state_copy(trained_cnn)
     est = estimate_zeta(trained_cnn, TensorBatches(x, y, batch_size=64), keep_ratio=0.8, draws=3, seed=2)
-    expected = [_hand_masked_ce(trained_cnn, x, y, 0.8, s, 64) for s in (2, 3, 4)]
+    expected = [_hand_masked_ce(trained_cnn, x, y, 0.8, 2, 64, draw) for draw in range(3)]
     assert est.values == pytest.approx(expected, rel=1e-6)
     assert len(set(est.values)) == 3
     assert est.mean == pytest.approx(statistics.mean(expected), rel=1e-6)
@@ -287,3 +295,68 @@ def test_lr_schedules_follow_appendix_e() -> None:
     assert abs(lr_factor("linear", 2 / 3 - 1e-9) - 0.1) < 1e-6 and abs(lr_factor("linear", 1 - 1e-9) - 0.01) < 1e-6
     assert abs(lr_factor("multi_decay", 0.15) - 0.9) < 1e-12 and abs(lr_factor("multi_decay", 0.95) - 0.1) < 1e-12
     assert lr_factor("multi_step", 0.29) == 1.0 and abs(lr_factor("multi_step", 0.65) - 0.01) < 1e-12
+
+
+# ------------------------------------------------------------------------------------ DDP flooding
+
+def _tiny_model() -> torch.nn.Module:
+    """No BatchNorm: DDP without SyncBatchNorm then computes exactly the one-process gradient."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+
+def _ddp_data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 3, (48,), generator=g)
+
+
+DDP_CFG = OptimConfig(epochs=2, lr=0.5, batch_size=16, weight_decay=0.0)
+
+
+def _flood_ddp_worker(rank: int, world: int, port: int, zeta: float, out: str) -> None:
+    import json
+    import os
+
+    from unleash_ood import runtime
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    model = runtime.place(_tiny_model(), runtime.setup("cpu", "off"))
+    x, y = _ddp_data()
+    hist = unleash(model, TensorBatches(x, y, DDP_CFG.batch_size, shuffle=True, seed=0), zeta, DDP_CFG)
+    if runtime.is_primary():
+        torch.save({"state": model.state_dict(), "hist": json.dumps(hist)}, out)
+    torch.distributed.destroy_process_group()
+
+
+def test_flooding_under_ddp_equals_one_process(tmp_path) -> None:
+    """Two gloo ranks whose slices lie on either side of ζ train exactly like one process."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from unleash_ood import runtime
+
+    x, y = _ddp_data()
+    first_x, first_y = next(iter(TensorBatches(x, y, DDP_CFG.batch_size, shuffle=True, seed=0)))
+    with torch.no_grad():
+        halves = sorted(F.cross_entropy(_tiny_model()(hx), hy).item()
+                        for hx, hy in zip(first_x.tensor_split(2), first_y.tensor_split(2)))
+    zeta = halves[0] + 0.25 * (halves[1] - halves[0])  # straddled by the slices, below the batch CE
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp.pt"
+    mp.start_processes(_flood_ddp_worker, args=(2, port, zeta, str(out)), nprocs=2, join=True,
+                       start_method="spawn")
+    got = torch.load(out, weights_only=True)
+    runtime.setup("cpu", "off")
+    single = _tiny_model()
+    hist = unleash(single, TensorBatches(x, y, DDP_CFG.batch_size, shuffle=True, seed=0), zeta, DDP_CFG)
+    for k, v in single.state_dict().items():
+        torch.testing.assert_close(got["state"][k], v, atol=1e-5, rtol=1e-5, msg=k)
+    for a, b in zip(json.loads(got["hist"]), hist):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

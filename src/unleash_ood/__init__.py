@@ -8,21 +8,48 @@ The Python API, one call per step (see README):
 >>> result = evaluate(model, test_loader, {"svhn": svhn_loader}, train=train_loader, num_classes=10)
 """
 
-from .checkpoint import load_masks, save_masks
-from .detectors import DETECTORS, Detector, FitData, build_detector, register
+import importlib
+import sys
+import types
+
 from .errors import UserError
-from .evaluate import Evaluation, TensorBatches, collect_outputs, evaluate
-from .masking import apply_masks, masked, random_layer_masks, remove_masks
-from .methods.um import estimate_zeta, flooding_loss, unleash
-from .methods.umap import learn_umap_mask
-from .metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr, ood_metrics
-from .scores import energy_score, max_logit_score, msp_score, odin_score
-from .train import OptimConfig, train
 
 __version__ = "0.1.0"
-__all__ = [
-    "DETECTORS", "Detector", "Evaluation", "FitData", "build_detector", "register", "OptimConfig", "TensorBatches", "UserError", "apply_masks", "aupr_in", "aupr_out", "auroc",
-    "collect_outputs", "energy_score", "estimate_zeta", "evaluate", "flooding_loss", "fpr_at_95_tpr",
-    "learn_umap_mask", "load_masks", "masked", "max_logit_score", "msp_score", "odin_score", "ood_metrics",
-    "random_layer_masks", "remove_masks", "save_masks", "train", "unleash",
-]
+_EXPORTS = {
+    "load_masks": "checkpoint", "save_masks": "checkpoint",
+    "Evaluation": "evaluate", "TensorBatches": "evaluate", "collect_outputs": "evaluate", "evaluate": "evaluate",
+    "apply_masks": "masking", "masked": "masking", "random_layer_masks": "masking", "remove_masks": "masking",
+    "estimate_zeta": "methods.um", "flooding_loss": "methods.um", "unleash": "methods.um",
+    "learn_umap_mask": "methods.umap",
+    "aupr_in": "metrics", "aupr_out": "metrics", "auroc": "metrics", "fpr_at_95_tpr": "metrics",
+    "ood_metrics": "metrics",
+    "energy_score": "scores", "max_logit_score": "scores", "msp_score": "scores", "odin_score": "scores",
+    "OptimConfig": "config", "train": "train",
+    "DETECTORS": "detectors", "Detector": "detectors", "FitData": "detectors", "build_detector": "detectors",
+    "register": "detectors",
+}
+__all__ = sorted([*_EXPORTS, "UserError"])
+
+
+def __getattr__(name: str):
+    """The API is imported on first use: ``import unleash_ood`` (and the CLI's ``--help``) load no torch."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """Keeps ``unleash_ood.train`` the training function: importing the submodule ``unleash_ood.train``
+    would otherwise bind the module under that name (the eager imports used to rebind the function)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -16,14 +16,24 @@ from torch import nn
 from .errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file.
+
+    The file gets the permissions of a plainly created one (0666 minus the umask, e.g. 0644), not
+    the temp file's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,4 +1,9 @@
-"""``unleash-ood``: a thin shell over the library. A user's mistake prints one line and exits 2."""
+"""``unleash-ood``: a thin shell over the library. A user's mistake prints one line and exits 2.
+
+Startup stays fast: this module and the parsers import no torch, pydantic or matplotlib; each command
+imports what it uses when it runs (``reproduce``'s parser lives with its heavy module and is built only
+when that command is given).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cli_paper import add_paper_parsers
-from .config import DemoConfig, apply_overrides, quick, validate
 from .errors import UserError
+from .rundir import RunDir
+
+if TYPE_CHECKING:
+    from .config import DemoConfig
 
 EPILOG = ("Settings: any config key as key=value, e.g. base.epochs=20 um.keep_ratio=0.97 "
           "umap.prune_rate=0.8 data.near='[glyphs, npz:/data/notmnist.npz]' data.far='[textures, uniform]'. "
@@ -17,6 +26,8 @@ EPILOG = ("Settings: any config key as key=value, e.g. base.epochs=20 um.keep_ra
 
 
 def _config(args: argparse.Namespace) -> DemoConfig:
+    from .config import DemoConfig, apply_overrides, load_preset, merge, validate
+
     data: dict = {}
     if args.config:
         path = Path(args.config)
@@ -30,11 +41,12 @@ def _config(args: argparse.Namespace) -> DemoConfig:
             raise UserError(f"cannot parse config {path}: {e}") from None
         if not isinstance(data, dict):
             raise UserError(f"config {path} must be a mapping of keys to values")
+    if getattr(args, "quick", False):  # the preset first: the user's file and overrides win over it
+        data = merge(load_preset("quick"), data)
     data = apply_overrides(data, list(args.overrides))
     if args.data_root:
         data.setdefault("data", {})["data_root"] = args.data_root
-    cfg = validate(DemoConfig, data)
-    return quick(cfg) if getattr(args, "quick", False) else cfg  # type: ignore[return-value]
+    return validate(DemoConfig, data)  # type: ignore[return-value]
 
 
 def _print_table(records: list[dict], out: Path) -> None:
@@ -54,9 +66,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .pipeline import run_demo
 
     def run(cfg: DemoConfig, out: str | Path) -> list[dict]:
-        if args.with_outliers:
-            return demo_with_outliers(cfg, out)
-        return run_demo(cfg, out, resume=args.resume)
+        with RunDir.for_command(out, args) as run_dir:
+            if args.with_outliers:
+                return demo_with_outliers(cfg, run_dir)
+            return run_demo(cfg, run_dir, resume=args.resume)
 
     if args.seeds is not None:
         from .cli_paper import _seeds_and_overrides
@@ -78,13 +91,15 @@ def cmd_oe(args: argparse.Namespace) -> None:
         if args.config:
             raise UserError("give --recipe or --config, not both")
         root = [f"data.data_root={args.data_root}"] if args.data_root else []
-        cfg = load_recipe(args.recipe, [*args.overrides, *root])
-        cfg = quick(cfg) if args.quick else cfg
+        cfg = load_recipe(args.recipe, [*args.overrides, *root], presets=["quick"] if args.quick else [])
     else:
         cfg = _config(args)
+    from .config import DemoConfig, validate
+
     chosen = {k: v for k, v in (("methods", args.method), ("withs", args.with_)) if v}
     cfg = validate(DemoConfig, {**cfg.model_dump(), "outliers": {**cfg.outliers.model_dump(), **chosen}})
-    records = run_outliers(cfg, args.out, args.checkpoint)  # type: ignore[arg-type]
+    with RunDir.for_command(args.out, args) as out:
+        records = run_outliers(cfg, out, args.checkpoint)  # type: ignore[arg-type]
     _print_table(records, Path(args.out))
 
 
@@ -92,8 +107,10 @@ def _stage_command(stages: tuple[str, ...]):
     def run(args: argparse.Namespace) -> None:
         from .pipeline import run_pipeline
 
-        records = run_pipeline(_config(args), args.out, stages, init_checkpoint=getattr(args, "checkpoint", None),
-                               resume=args.resume)
+        cfg = _config(args)
+        with RunDir.for_command(args.out, args) as out:
+            records = run_pipeline(cfg, out, stages, init_checkpoint=getattr(args, "checkpoint", None),
+                                   resume=args.resume)
         _print_table(records, Path(args.out))
     return run
 
@@ -102,8 +119,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .pipeline import eval_run
 
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    records = eval_run(args.run, args.ood, out, near_specs=args.near, far_specs=args.far,
-                       save_features=args.save_features)
+    with RunDir.for_command(out, args) as run_dir:
+        records = eval_run(args.run, args.ood, run_dir, near_specs=args.near, far_specs=args.far,
+                           save_features=args.save_features)
     _print_table(records, out)
 
 
@@ -123,6 +141,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         sp.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out from checkpoints/last_state.pt (same config)")
+        sp.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
 
     d = sub.add_parser("demo", help="the whole pipeline on the embedded default", epilog=EPILOG)
     common(d, "runs/demo")
@@ -169,6 +188,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output directory (default RUN/eval)")
     e.add_argument("--save-features", action="store_true",
                    help="also write features.npz (penultimate features + effective classifier per model)")
+    e.add_argument("--overwrite", action="store_true", help="empty a non-empty output directory first")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("config", help="print the effective config (defaults + file + overrides)")
@@ -178,14 +198,37 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", metavar="key=value")
     c.set_defaults(func=cmd_config)
     add_paper_parsers(sub)
-    from .analyses.cli import add_reproduce_parser  # light: the analyses are imported when run
-
-    add_reproduce_parser(sub)
+    # listed here; parsed by reproduce's own parser (see main), which imports the pipeline
+    sub.add_parser("reproduce", help="the paper's analyses at embedded scale (`reproduce --help`)", add_help=False)
     return p
 
 
+def _reproduce_args(argv: list[str]) -> argparse.Namespace:
+    """``reproduce …``: its parser lives in :mod:`unleash_ood.analyses.cli`."""
+    from .analyses.cli import add_reproduce_parser
+
+    p = argparse.ArgumentParser(prog="unleash-ood")
+    add_reproduce_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    args.func = _in_reproduce_dir(args.func)
+    return args
+
+
+def _in_reproduce_dir(func):
+    """Run ``reproduce`` holding its output folder: cached sub-runs are reused (never refused) unless
+    ``--overwrite`` empties it first."""
+
+    def run(args: argparse.Namespace) -> None:
+        root = Path("runs/reproduce")
+        out = Path(args.out) if args.out else (root if args.name == "all" else root / args.name)
+        with RunDir(out, resume=not args.overwrite, overwrite=args.overwrite):
+            func(args)
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _reproduce_args(argv) if argv[:1] == ["reproduce"] else parser().parse_args(argv)
     try:
         args.func(args)
     except UserError as e:

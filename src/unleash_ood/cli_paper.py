@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from .errors import UserError
+from .rundir import RunDir
 
 
 def cmd_data_list(args: argparse.Namespace) -> None:
@@ -52,8 +53,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         return
     seeds, overrides = _seeds_and_overrides(args)
     out = Path(args.out or Path("runs") / Path(args.recipe).stem)
-    run_recipe(args.recipe, seeds, out, overrides, data_root_=args.data_root, select_grid=args.select_keep,
-               select_epochs=args.select_epochs, init=args.init)
+    with RunDir.for_command(out, args) as run_dir:
+        run_recipe(args.recipe, seeds, run_dir, overrides, data_root_=args.data_root, select_grid=args.select_keep,
+                   select_epochs=args.select_epochs, init=args.init)
     print((out / "report.md").read_text())
     print(f"Per-seed runs: {out}/seed_*/ ; aggregate: {out}/report.md, report.csv, report.json")
 
@@ -62,12 +64,23 @@ def cmd_report(args: argparse.Namespace) -> None:
     from .aggregate import write_report
 
     out = Path(args.out) if args.out else (Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else Path("report"))
-    write_report(args.run_dirs, out)
+    with RunDir.for_command(out, args, owns=("report.md", "report.csv", "report.json")):
+        write_report(args.run_dirs, out)
     print((out / "report.md").read_text())
     print(f"Written: {out}/report.md, report.csv, report.json")
 
 
 def cmd_select_keep(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    with RunDir.for_command(out.parent, args, owns=(out.name,)):
+        res, name = _select_keep(args, out)
+    for c in res["candidates"]:
+        print(f"keep {c['keep_ratio']:.3f}  zeta {c['zeta']:.4f}  val Energy FPR95 {c['val_fpr95']:.2f}  "
+              f"AUROC {c['val_auroc']:.2f}  val acc {c['val_acc']:.2f}")
+    print(f"chosen on {name}: um.keep_ratio={res['keep_ratio']} um.zeta={res['zeta']:.4f}   (written to {out})")
+
+
+def _select_keep(args: argparse.Namespace, out: Path) -> tuple[dict, str]:
     from .paper import select_keep_ratio, validation_ood
     from .pipeline import load_checkpoint, prepare_data
     from .recipes import load_recipe
@@ -80,14 +93,10 @@ def cmd_select_keep(args: argparse.Namespace) -> None:
     prep.ood = {}
     model, _ = load_checkpoint(args.checkpoint, prep.id.num_classes, cfg.model)
     name, val_ood = validation_ood(cfg.data, prep.val_ood, prep.id.image_shape)
-    out = Path(args.out)
     res = select_keep_ratio(model, prep, cfg.um, args.grid, epochs=args.epochs, seed=cfg.seed, val_ood=val_ood,
                             val_ood_name=name, augment=cfg.data.augment, max_acc_drop=args.max_acc_drop,
                             out_path=out)
-    for c in res["candidates"]:
-        print(f"keep {c['keep_ratio']:.3f}  zeta {c['zeta']:.4f}  val Energy FPR95 {c['val_fpr95']:.2f}  "
-              f"AUROC {c['val_auroc']:.2f}  val acc {c['val_acc']:.2f}")
-    print(f"chosen on {name}: um.keep_ratio={res['keep_ratio']} um.zeta={res['zeta']:.4f}   (written to {out})")
+    return res, name
 
 
 def cmd_import_weights(args: argparse.Namespace) -> None:
@@ -137,6 +146,7 @@ def add_paper_parsers(sub) -> None:
     r.add_argument("--out", help="output root (default runs/RECIPE); runs go to OUT/seed_<s>/")
     r.add_argument("--data-root", help="data root with CIFAR and the OOD suite (see `unleash-ood data list`)")
     r.add_argument("--list", action="store_true", help="list the recipes")
+    r.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
     r.add_argument("--select-keep", nargs="+", type=float, metavar="KEEP",
                    help="choose um.keep_ratio (and its zeta) per seed from these values on validation OOD "
                         "(TinyImageNet if present, else patch-shuffled validation images) after base training")
@@ -150,6 +160,7 @@ def add_paper_parsers(sub) -> None:
     p = sub.add_parser("report", help="mean ± std over seeds of finished runs (Table 1 and Table 2 shapes)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs, or folders of seed_* runs")
     p.add_argument("--out", help="where report.md/.csv/.json go (default: the RUN_DIR if one, else ./report)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report.md/.csv/.json in --out")
     p.set_defaults(func=cmd_report)
 
     s = sub.add_parser("select-keep", help="choose the UM keep ratio / zeta on validation OOD (never test OOD)")
@@ -160,6 +171,7 @@ def add_paper_parsers(sub) -> None:
     s.add_argument("--max-acc-drop", type=float, default=None,
                    help="skip candidates losing more validation accuracy (points) than this")
     s.add_argument("--out", default="keep_selection.json", help="JSON with every candidate and the choice")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.add_argument("--data-root")
     s.add_argument("overrides", nargs="*", metavar="key=value")
     s.set_defaults(func=cmd_select_keep)

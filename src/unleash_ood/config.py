@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -10,7 +11,19 @@ from pydantic_core import InitErrorDetails
 from .data.specs import config_groups
 from .errors import UserError
 from .detectors import DETECTORS, Detector, all_detector_names, build_detector, check_names
-from .train import OptimConfig
+
+
+class OptimConfig(BaseModel):
+    """SGD with Nesterov momentum and a per-step learning-rate schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    schedule: Literal["cosine", "linear", "multi_decay", "multi_step", "constant"] = "cosine"
 
 
 class _Strict(BaseModel):
@@ -153,6 +166,8 @@ class OutlierConfig(_Strict):
     @field_validator("aux")
     @classmethod
     def _aux(cls, v: str) -> str:
+        if v == "builtin":  # the default needs no parsing (and no torch import: `config` stays fast)
+            return v
         from .data.auxiliary import parse_aux_spec
 
         try:
@@ -242,14 +257,26 @@ class DemoConfig(_Strict):
         return v
 
 
-def quick(cfg: DemoConfig) -> DemoConfig:
-    """A smoke-test variant: small subsets, few epochs."""
-    d = cfg.model_dump()
-    d["data"].update(train_size=2000, test_size=1000, val_size=1000, ood_size=300, val_ood_size=300)
-    d["base"]["epochs"], d["eval_every"] = 3, 1
-    d["um"]["optim"]["epochs"], d["umap"]["optim"]["epochs"], d["um"]["zeta_draws"] = 1, 1, 3
-    d["outliers"].update(epochs=1, aux_size=1000)
-    return DemoConfig.model_validate(d)
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def load_preset(name: str) -> dict:
+    """A named preset (``presets/NAME.yaml``) as a config dict, to be merged under the user's values."""
+    import yaml
+
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+        raise UserError(f"unknown preset {name!r}; choose from {names}")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``base`` updated by ``over``, section by section (``over`` wins; neither is modified)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def validate(model: type[BaseModel], data: dict) -> BaseModel:

@@ -8,6 +8,7 @@ Removing a mask restores the original weight tensor exactly.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -92,10 +93,20 @@ def init_scores(weight: torch.Tensor, init: str, generator: torch.Generator | No
     raise UserError(f"unknown score init {init!r}; choose 'kaiming' or 'magnitude'")
 
 
-def random_layer_masks(model: nn.Module, keep_ratio: float, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The random layer-wise mask m_δ: per layer, Gaussian scores, keep the top ``keep_ratio``."""
+def stream_generator(seed: int, stream: str, index: int = 0) -> torch.Generator:
+    """A CPU generator for one named random stream of a run: seeded with a hash of ``(seed, stream,
+    index)``, so e.g. the ζ masks (``"zeta"``, draw) and UMAP's initial scores (``"umap-init"``) of
+    one run seed never share a generator seed."""
+    digest = hashlib.blake2b(f"{int(seed)}/{stream}/{int(index)}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)  # < 2**63
+
+
+def random_layer_masks(model: nn.Module, keep_ratio: float, seed: int = 0, draw: int = 0) -> dict[str, torch.Tensor]:
+    """The random layer-wise mask m_δ: per layer, Gaussian scores, keep the top ``keep_ratio``.
+
+    Draw ``draw`` of run seed ``seed`` comes from the ``"zeta"`` stream (:func:`stream_generator`)."""
     check_keep_ratio(keep_ratio)
-    g = torch.Generator().manual_seed(seed)
+    g = stream_generator(seed, "zeta", draw)
     return {name: topk_mask(torch.randn(original_weight(m).shape, generator=g), keep_ratio).bool()
             for name, m in maskable_layers(model).items()}
 
@@ -122,8 +133,10 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def add_popup_masks(model: nn.Module, keep_ratio: float, init: str = "kaiming", seed: int = 0) -> list[nn.Parameter]:
-    """Attach learnable popup masks to every maskable layer; return the score parameters."""
-    g = torch.Generator().manual_seed(seed)
+    """Attach learnable popup masks to every maskable layer; return the score parameters.
+
+    Random initial scores come from run seed ``seed``'s ``"umap-init"`` stream (:func:`stream_generator`)."""
+    g = stream_generator(seed, "umap-init")
     scores = []
     for module in maskable_layers(model).values():
         popup = PopupMask(original_weight(module), keep_ratio, init, g)

@@ -114,14 +114,22 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+class BaseLog(list):
+    """The tracked records of a base training (a list), with ``train_s``: its training seconds over
+    every session (a resumed training included)."""
+
+    train_s: float = 0.0
+
+
 def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, eval_every: int,
                track_scores: list[str], augment: bool, seed: int, model_cfg: ModelConfig,
-               resume: bool = False) -> list[dict]:
+               resume: bool = False) -> BaseLog:
     """Base training; every ``eval_every`` epochs (and at the end) a tracked record and a checkpoint.
 
     After every epoch ``checkpoints/last_state.pt`` holds all that resuming needs (model, optimizer,
     scheduler, RNG states, epoch, the log so far); ``resume=True`` continues from it (a finished
     training is not repeated) and ends with the same weights and log as an uninterrupted run.
+    The log file is rewritten only once a resume was accepted (a refused one leaves it as it was).
     Under torchrun only rank 0 evaluates and writes; the log is then broadcast to every rank.
     """
     log_path, ckpt_dir = out / "train_log.jsonl", out / "checkpoints"
@@ -129,17 +137,19 @@ def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, 
     last_good: list[Path] = []
     meta = model_meta(model_cfg, prep.id, "base")
     primary = runtime.is_primary()
-    if primary:
+    state = ResumeState(ckpt_dir / "last_state.pt", resume=resume, extra=lambda: log)
+    if primary and not (resume and state.path.is_file()):
         log_path.unlink(missing_ok=True)
 
     def restore(saved_log) -> None:  # resuming: the log so far, rewritten (drops records of a lost epoch)
         log[:] = saved_log or []
         if primary:
+            log_path.unlink(missing_ok=True)
             for rec in log:
                 append_jsonl(log_path, rec)
         say(f"resuming base training after epoch {state.resumed_epoch}")
 
-    state = ResumeState(ckpt_dir / "last_state.pt", resume=resume, extra=lambda: log, restore=restore)
+    state.restore = restore
 
     def on_epoch_end(epoch: int, record: dict) -> None:
         if (epoch % eval_every and epoch != optim.epochs) or not primary:
@@ -157,11 +167,15 @@ def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, 
         train(model, prep.train_batches(optim.batch_size, seed, augment), optim, on_epoch_end=on_epoch_end,
               desc="base", state=state)
     except NonFiniteLossError as e:
+        if not last_good and state.resumed_epoch:  # the epochs before the resume left their checkpoints
+            last_good = sorted(ckpt_dir.glob("base_epoch*.safetensors"))[-1:]
         where = f"last good checkpoint: {last_good[0]}" if last_good else "no checkpoint was written yet"
         raise NonFiniteLossError(f"{e}; {where}") from None
     if primary:
         save_model(ckpt_dir / "base.safetensors", model, {**meta, "epoch": optim.epochs})
-    return runtime.broadcast_object(log)
+    result = BaseLog(runtime.broadcast_object(log))
+    result.train_s = state.elapsed_s
+    return result
 
 
 def resolve_zeta(model: nn.Module, prep: Prepared, cfg: UMConfig, seed: int) -> ZetaEstimate:
@@ -338,7 +352,7 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
         t = time.perf_counter()
         log = train_base(model, prep, cfg.base, out, cfg.eval_every, cfg.track_scores, cfg.data.augment,
                          cfg.seed, cfg.model, resume=resume)
-        timings["train"] = time.perf_counter() - t
+        timings["train"] = log.train_s  # every session's training, a resumed run's included
         plot_training_curve(log, out / "plots" / "fpr95_along_training.png", scores=cfg.track_scores[:2],
                             groups=prep.groups)
         summary["best_epochs"] = best_epochs(log, cfg.track_scores)

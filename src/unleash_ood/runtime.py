@@ -176,6 +176,17 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def global_batch_mean(value: torch.Tensor, count: int) -> torch.Tensor:
+    """The mean over the global batch of a per-rank batch mean ``value`` of ``count`` samples
+    (a collective under DDP; ``value`` itself in one process). Detached."""
+    if world_size() <= 1:
+        return value.detach()
+    t = torch.stack([value.detach().double() * count, torch.tensor(float(count), dtype=torch.float64,
+                                                                    device=value.device)])
+    dist.all_reduce(t)
+    return (t[0] / t[1]).to(value.dtype)
+
+
 def all_finite(loss: torch.Tensor) -> bool:
     """Whether the loss is finite on every rank (a collective under DDP, so all ranks stop together)."""
     ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)

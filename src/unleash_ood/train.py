@@ -5,35 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import OptimConfig
 from .errors import UserError
 from .evaluate import split_batch, to_model_input
 
 StepLoss = Callable[[nn.Module, object], tuple[torch.Tensor, torch.Tensor]]
 """``(model, batch) -> (objective, plain ID cross-entropy)``; the second is only logged."""
-
-
-class OptimConfig(BaseModel):
-    """SGD with Nesterov momentum and a per-step learning-rate schedule."""
-
-    model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(30, ge=1)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(128, ge=1)
-    schedule: Literal["cosine", "linear", "multi_decay", "multi_step", "constant"] = "cosine"
 
 
 def lr_factor(schedule: str, progress: float) -> float:
@@ -93,7 +80,8 @@ class ResumeState:
     and is loaded with ``weights_only=True``: loading never executes code. With ``resume`` and an
     existing file, training continues after its epoch, after ``restore(payload)`` got the saved
     ``extra()`` payload back (before any ``on_epoch_end``). A state written under a different
-    :class:`OptimConfig` is refused.
+    :class:`OptimConfig` is refused. ``elapsed_s``: training seconds over every session so far (stored
+    in the file, so a resumed run reports its whole training time).
     """
 
     path: Path
@@ -101,6 +89,7 @@ class ResumeState:
     extra: Callable[[], object] | None = None
     restore: Callable[[object], None] | None = None
     resumed_epoch: int = 0
+    elapsed_s: float = 0.0
 
 
 def load_state(path: str | Path) -> dict:
@@ -176,7 +165,7 @@ def train(model: nn.Module, batches: Iterable, cfg: OptimConfig, step_loss: Step
     steps = len(batches) if hasattr(batches, "__len__") else 1
     opt, sched = make_optimizer(model.parameters() if params is None else params, cfg, steps)
     history: list[dict] = []
-    start = 1
+    start, t0, earlier_s = 1, time.perf_counter(), 0.0
     if state is not None and state.resume and (state.path.is_file() or world > 1):
         saved = runtime.broadcast_object(load_state(state.path) if runtime.is_primary() and state.path.is_file()
                                          else None)
@@ -194,6 +183,7 @@ def train(model: nn.Module, batches: Iterable, cfg: OptimConfig, step_loss: Step
             history = json.loads(saved["history"])
             start = int(saved["epoch"]) + 1
             state.resumed_epoch = int(saved["epoch"])
+            earlier_s = float(saved.get("elapsed_s", 0.0))
             if state.restore is not None:
                 state.restore(json.loads(saved["extra"]))
     step_model = _step_model(model, device)
@@ -226,6 +216,8 @@ def train(model: nn.Module, batches: Iterable, cfg: OptimConfig, step_loss: Step
             _save_state(state.path, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": _rng_state(batches), "history": json.dumps(history),
-                "optim": cfg.model_dump_json(),
+                "optim": cfg.model_dump_json(), "elapsed_s": earlier_s + time.perf_counter() - t0,
                 "extra": json.dumps(state.extra() if state.extra is not None else None)})
+    if state is not None:
+        state.elapsed_s = earlier_s + time.perf_counter() - t0
     return history

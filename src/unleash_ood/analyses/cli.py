@@ -45,6 +45,7 @@ def add_reproduce_parser(subparsers) -> None:
     r.add_argument("name", metavar="NAME", help=", ".join(ANALYSES) + ", or all")
     r.add_argument("--out", help="output directory (default runs/reproduce/NAME; with 'all': OUT/NAME)")
     r.add_argument("--quick", action="store_true", help="tiny smoke variant (seconds)")
+    r.add_argument("--overwrite", action="store_true", help="empty --out first (else finished sub-runs are reused)")
     r.add_argument("--data-root", help="folder with the Fashion-MNIST files")
     r.add_argument("--docs", help="also copy the PNGs into this folder (e.g. docs/gallery)")
     r.add_argument("--recipe", help="paper scale: start from a recipe's config (e.g. cifar10_densenet100) "

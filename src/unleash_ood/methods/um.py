@@ -13,24 +13,36 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import runtime
 from ..errors import UserError
 from ..evaluate import split_batch, to_model_input
 from ..masking import check_keep_ratio, masked, random_layer_masks
 from ..train import OptimConfig, StepLoss, train
 
 
-def flooding_loss(ce: torch.Tensor, zeta: float) -> torch.Tensor:
-    """Eq. 3 on the batch-mean CE: gradient descent above ζ, gradient ascent below it."""
-    return (ce - zeta).abs() + zeta
+def flooding_loss(ce: torch.Tensor, zeta: float, global_ce: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 3 on the batch-mean CE: gradient descent above ζ, gradient ascent below it.
+
+    ``global_ce``: the (detached) CE of the whole batch when ``ce`` is one rank's slice of it under
+    DDP. The sign then comes from the global batch and the value is ``|global_ce − ζ| + ζ``, so the
+    rank-averaged gradient is ``sign(CE − ζ)∇CE``, as in one process.
+    """
+    if global_ce is None:
+        return (ce - zeta).abs() + zeta
+    sign = torch.sign(global_ce - zeta)
+    return sign * (ce - ce.detach()) + (global_ce - zeta).abs() + zeta
 
 
 def flooding_step(zeta: float) -> StepLoss:
-    """A step loss for :func:`unleash_ood.train.train`: flooding on the batch-mean CE."""
+    """A step loss for :func:`unleash_ood.train.train`: flooding on the batch-mean CE (of the global
+    batch under torchrun, see :func:`flooding_loss`)."""
 
     def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = split_batch(batch)
         logits = model(to_model_input(x, model))
         ce = F.cross_entropy(logits, y.to(logits.device))
+        if runtime.world_size() > 1:
+            return flooding_loss(ce, zeta, runtime.global_batch_mean(ce.detach(), len(y))), ce.detach()
         return flooding_loss(ce, zeta), ce.detach()
 
     return step
@@ -112,8 +124,9 @@ class ZetaEstimate:
 def estimate_zeta(model: nn.Module, batches: Iterable, keep_ratio: float, draws: int = 5,
                   seed: int = 0, estimator: str = "median") -> ZetaEstimate:
     """ζ = CE of the randomly masked model m_δ ⊙ f* over the training set (Algorithm 1, lines 1–10),
-    over ``draws`` random layer-wise masks (seeds ``seed, seed+1, …``), combined by ``estimator``
-    (:func:`robust_zeta`; the paper uses one draw). The model is unchanged afterwards.
+    over ``draws`` random layer-wise masks (draws ``0, 1, …`` of run seed ``seed``'s ζ stream, see
+    :func:`~unleash_ood.masking.stream_generator`), combined by ``estimator`` (:func:`robust_zeta`; the
+    paper uses one draw). The model is unchanged afterwards.
     """
     check_keep_ratio(keep_ratio)
     if draws < 1:
@@ -121,7 +134,7 @@ def estimate_zeta(model: nn.Module, batches: Iterable, keep_ratio: float, draws:
     robust_zeta([0.0], estimator)  # fail on a bad estimator before any work
     estimate = ZetaEstimate(keep_ratio=keep_ratio, estimator=estimator)
     for d in range(draws):
-        with masked(model, random_layer_masks(model, keep_ratio, seed + d)):
+        with masked(model, random_layer_masks(model, keep_ratio, seed, draw=d)):
             estimate.values.append(mean_cross_entropy(model, batches, desc=f"zeta draw {d + 1}/{draws}"))
     return estimate
 

@@ -100,6 +100,8 @@ class DenseNetBC(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-def densenet100(num_classes: int = 10, **kwargs) -> DenseNetBC:
+def densenet100(num_classes: int = 10, dropout: float = 0.0, mean: tuple[float, ...] = CIFAR10_MEAN,
+                std: tuple[float, ...] = CIFAR10_STD) -> DenseNetBC:
     """DenseNet-BC, depth 100, growth 12 (about 0.77M parameters for 10 classes)."""
-    return DenseNetBC(num_classes=num_classes, depth=100, growth_rate=12, reduction=0.5, bottleneck=True, **kwargs)
+    return DenseNetBC(num_classes=num_classes, depth=100, growth_rate=12, reduction=0.5, bottleneck=True,
+                      dropout=dropout, mean=mean, std=std)

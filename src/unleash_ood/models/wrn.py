@@ -82,11 +82,13 @@ class WideResNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-def wrn40_4(num_classes: int = 10, **kwargs) -> WideResNet:
+def wrn40_4(num_classes: int = 10, dropout: float = 0.3, mean: tuple[float, ...] = CIFAR10_MEAN,
+            std: tuple[float, ...] = CIFAR10_STD) -> WideResNet:
     """WRN-40-4 (about 8.9M parameters for 10 classes)."""
-    return WideResNet(num_classes=num_classes, depth=40, widen_factor=4, **kwargs)
+    return WideResNet(num_classes=num_classes, depth=40, widen_factor=4, dropout=dropout, mean=mean, std=std)
 
 
-def wrn40_2(num_classes: int = 10, **kwargs) -> WideResNet:
+def wrn40_2(num_classes: int = 10, dropout: float = 0.3, mean: tuple[float, ...] = CIFAR10_MEAN,
+            std: tuple[float, ...] = CIFAR10_STD) -> WideResNet:
     """WRN-40-2 (about 2.2M parameters), the architecture of pytorch-ood's pretrained CIFAR checkpoints."""
-    return WideResNet(num_classes=num_classes, depth=40, widen_factor=2, **kwargs)
+    return WideResNet(num_classes=num_classes, depth=40, widen_factor=2, dropout=dropout, mean=mean, std=std)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import DemoConfig, apply_overrides, validate
+from ..config import DemoConfig, apply_overrides, load_preset, merge, validate
 from ..errors import UserError
 
 RECIPE_DIR = Path(__file__).parent
@@ -36,7 +36,9 @@ def recipe_description(name_or_path: str | Path) -> str:
     return ""
 
 
-def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> DemoConfig:
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None,
+                presets: list[str] | None = None) -> DemoConfig:
+    """The recipe, then ``presets`` (e.g. ``["quick"]``) over it, then the ``overrides`` (which win)."""
     import yaml
 
     path = recipe_path(name_or_path)
@@ -46,4 +48,6 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
         raise UserError(f"cannot parse recipe {path}: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"recipe {path} must be a mapping of keys to values")
+    for name in presets or []:
+        data = merge(data, load_preset(name))
     return validate(DemoConfig, apply_overrides(data, list(overrides or [])))  # type: ignore[return-value]
