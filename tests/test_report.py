@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from unleash_ood.aggregate import aggregate, write_report
-from unleash_ood.config import DemoConfig, quick
+from unleash_ood.config import DemoConfig, load_preset, validate
 from unleash_ood.errors import UserError
 from unleash_ood.evaluate import Evaluation
 from unleash_ood.report import CONVENTION, markdown_report, records_csv
@@ -108,7 +108,7 @@ def test_check_seeds() -> None:
 
 
 def test_run_seeds_runs_each_seed_once_and_reuses_finished(tmp_path: Path) -> None:
-    cfg = quick(DemoConfig())
+    cfg = validate(DemoConfig, load_preset("quick"))
     calls: list[tuple[int, int, Path]] = []
 
     def run_one(c: DemoConfig, out: Path) -> None:

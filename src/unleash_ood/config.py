@@ -309,15 +309,3 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node[parts[-1]] = value
     return data
 
-
-def deep_merge(dst: dict, src: dict) -> dict:
-    """Merge ``src`` into ``dst`` in place (nested dicts merge, any other value replaces); returns ``dst``.
-    Presets are layered with it (e.g. ``gallery.yaml`` < ``gallery_quick.yaml``) before the overrides."""
-    import copy
-
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            deep_merge(dst[k], v)
-        else:
-            dst[k] = copy.deepcopy(v)
-    return dst

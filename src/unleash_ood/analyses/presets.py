@@ -33,7 +33,7 @@ def build_config(name: str, overrides: list[str] = (), quick: bool = False,
                  data_root: str | None = None, recipe: str | None = None):
     """The effective DemoConfig and analysis parameters (the gallery preset — or a paper-scale
     ``recipe`` — < the quick preset < overrides); returns ``(cfg, params)``."""
-    from ..config import DemoConfig, apply_overrides, deep_merge, validate
+    from ..config import DemoConfig, apply_overrides, merge, validate
 
     check_name(name)
     gallery = load_preset("gallery")
@@ -46,8 +46,8 @@ def build_config(name: str, overrides: list[str] = (), quick: bool = False,
         data = gallery["config"]
     params = gallery["analyses"][name]
     for layer in layers:
-        data = deep_merge(data, layer.get("config", {}))
-        params = deep_merge(params, layer.get("analyses", {}).get(name, {}))
+        data = merge(data, layer.get("config", {}))
+        params = merge(params, layer.get("analyses", {}).get(name, {}))
     demo_over, param_over = [], []
     for o in overrides:
         (param_over if o.startswith("analysis.") else demo_over).append(o)
