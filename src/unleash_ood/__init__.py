@@ -9,6 +9,7 @@ The Python API, one call per step (see README):
 """
 
 from .checkpoint import load_masks, save_masks
+from .deploy import OODDetector
 from .detectors import DETECTORS, Detector, FitData, build_detector
 from .errors import UserError
 from .evaluate import Evaluation, TensorBatches, collect_outputs, evaluate
@@ -21,7 +22,7 @@ from .train import OptimConfig, train
 
 __version__ = "0.1.0"
 __all__ = [
-    "DETECTORS", "Detector", "Evaluation", "FitData", "build_detector", "OptimConfig", "TensorBatches", "UserError", "apply_masks", "aupr_in", "aupr_out", "auroc",
+    "DETECTORS", "Detector", "Evaluation", "OODDetector", "FitData", "build_detector", "OptimConfig", "TensorBatches", "UserError", "apply_masks", "aupr_in", "aupr_out", "auroc",
     "collect_outputs", "energy_score", "estimate_zeta", "evaluate", "flooding_loss", "fpr_at_95_tpr",
     "learn_umap_mask", "load_masks", "masked", "max_logit_score", "msp_score", "odin_score", "ood_metrics",
     "random_layer_masks", "remove_masks", "save_masks", "train", "unleash",

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_deploy import add_deploy_parsers
 from .cli_paper import add_paper_parsers
 from .config import DemoConfig, apply_overrides, quick, validate
 from .errors import UserError
@@ -157,6 +158,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", metavar="key=value")
     c.set_defaults(func=cmd_config)
     add_paper_parsers(sub)
+    add_deploy_parsers(sub)
     from .reproduce import add_reproduce_parser  # matplotlib and the pipeline: imported only here
 
     add_reproduce_parser(sub)

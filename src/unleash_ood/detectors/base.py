@@ -81,6 +81,19 @@ class Detector:
         self.fitted = True
         return self
 
+    @classmethod
+    def load(cls, path: str) -> Any:
+        """A deployed bundle (``unleash-ood export``) as an :class:`unleash_ood.deploy.OODDetector`.
+
+        ``Detector.load`` takes any bundle; ``Energy.load`` etc. also check the bundle's score.
+        """
+        from ..deploy import OODDetector
+
+        det = OODDetector.load(path)
+        if cls is not Detector and det.spec.score.name != cls.name:
+            raise UserError(f"bundle {path} holds a {det.spec.score.name} detector, not {cls.name}")
+        return det
+
     def config(self) -> dict[str, Any]:
         return self.params.model_dump()
 
