@@ -157,3 +157,125 @@ def test_onnx_equals_torch(onnx_bundles, bundles, id_data, key, rtol) -> None:
     assert onnx_det.threshold == pytest.approx(torch_det.threshold, rel=rtol, abs=1e-4)
     with pytest.raises(UserError, match="CPU"):
         onnx_det.to("cuda")
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_cli_export_and_detect_npz_folder_and_files(run_dir, id_data, tmp_path, capsys) -> None:
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--run", str(run_dir), "--model", "umap", "--score", "Energy", "--out", str(bundle),
+                 "--device", "cpu"]) == 0
+    x = id_data.test[0]
+    npz = tmp_path / "test.npz"
+    np.savez(npz, images=(x[:, 0].numpy() * 255).round().astype(np.uint8))
+    np.savez(tmp_path / "exact.npz", images=x[:, 0].numpy())  # float [0, 1]: exactly the run's test images
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray((x[i, 0].numpy() * 255).round().astype(np.uint8)).save(folder / "sub" / f"{i}.png")
+    single = tmp_path / "one.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(single)  # RGB, other size: converted like OOD sets
+    out = tmp_path / "preds.csv"
+    assert main(["detect", str(bundle), f"npz:{tmp_path / 'exact.npz'}", f"folder:{folder}", str(single),
+                 f"npz:{npz}", "--out", str(out)]) == 0
+    rows = read_csv(out)
+    assert list(rows[0]) == ["source", "pred", "prob", "score", "is_ood"]
+    n = len(x)
+    assert len(rows) == 2 * n + 4
+    assert rows[0]["source"] == f"{tmp_path / 'exact.npz'}[0]" and rows[n]["source"] == str(folder / "sub" / "0.png")
+    assert rows[n + 3]["source"] == str(single) and rows[-1]["source"] == f"{npz}[{n - 1}]"
+    expected = np.load(run_dir / "scores.npz")["umap/Energy/id"]
+    np.testing.assert_allclose([float(r["score"]) for r in rows[:n]], expected, rtol=1e-6, atol=1e-4)
+    threshold = json.loads((bundle / "detector.json").read_text())["calibration"]["threshold"]
+    assert all(int(r["is_ood"]) == (float(r["score"]) < threshold) for r in rows)
+    assert all(0 <= int(r["pred"]) < 10 and 0.1 <= float(r["prob"]) <= 1 for r in rows)
+    # uint8 PNGs of the same images: same scores up to the 8-bit rounding of the pixels
+    np.testing.assert_allclose([float(r["score"]) for r in rows[n:n + 3]], expected[:3], atol=0.1)
+    assert "flagged OOD" in capsys.readouterr().out
+
+
+def corrupt(bundles: dict[str, Path], key: str, tmp_path: Path, edit) -> Path:
+    import shutil
+
+    root = tmp_path / "bad"
+    shutil.copytree(bundles[key], root)
+    edit(root)
+    return root
+
+
+def edit_json(change):
+    def edit(root: Path) -> None:
+        spec = json.loads((root / "detector.json").read_text())
+        change(spec)
+        (root / "detector.json").write_text(json.dumps(spec))
+    return edit
+
+
+def flip_byte(name: str):
+    def edit(root: Path) -> None:
+        data = bytearray((root / name).read_bytes())
+        data[-5] ^= 0xFF
+        (root / name).write_bytes(bytes(data))
+    return edit
+
+
+BAD_BUNDLES = {
+    "missing": lambda root: __import__("shutil").rmtree(root),
+    "not json": lambda root: (root / "detector.json").write_text("{not json"),
+    "hash": flip_byte("model.safetensors"),
+    "stats hash": flip_byte("detector.safetensors"),
+    "lost file": lambda root: (root / "mask.safetensors").unlink(),
+    "width": edit_json(lambda s: s["model"]["kwargs"].update(width=16)),
+    "classes": edit_json(lambda s: s["model"].update(num_classes=11)),
+    "channels": edit_json(lambda s: s["input"].update(channels=3)),
+    "stats shape": edit_json(lambda s: s["score"]["stats_shapes"].update(means=[10, 64])),
+    "unknown key": edit_json(lambda s: s.update(code="import os")),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_BUNDLES))
+def test_bad_bundle_exits_2_without_csv(bundles, id_data, tmp_path, capsys, case) -> None:
+    root = corrupt(bundles, "umap/Mahalanobis", tmp_path, BAD_BUNDLES[case])
+    np.savez(tmp_path / "x.npz", images=id_data.test[0][:4, 0].numpy())
+    out = tmp_path / "preds.csv"
+    assert main(["detect", str(root), f"npz:{tmp_path / 'x.npz'}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unleash-ood: error:") and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+BAD_INPUTS = {
+    "missing file": lambda d: str(d / "nope.png"),
+    "not an image": lambda d: (d / "a.png").write_text("hello") and str(d / "a.png"),
+    "npz without images": lambda d: np.savez(d / "b.npz", pixels=np.zeros((2, 28, 28))) or f"npz:{d / 'b.npz'}",
+    "npz out of range": lambda d: np.savez(d / "c.npz", images=np.full((2, 28, 28), 7.0)) or f"npz:{d / 'c.npz'}",
+    "empty folder": lambda d: (d / "empty").mkdir() or f"folder:{d / 'empty'}",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_without_csv(bundles, tmp_path, capsys, case) -> None:
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(good)
+    out = tmp_path / "preds.csv"
+    assert main(["detect", str(bundles["base/Energy"]), str(good), BAD_INPUTS[case](tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unleash-ood: error:") and len(err.splitlines()) == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".preds.csv*"))
+
+
+@pytest.mark.slow
+def test_cli_export_refusals_exit_2(run_dir, tmp_path, capsys) -> None:
+    for args in (["--model", "um", "--score", "Energy"], ["--model", "base", "--score", "ODIN", "--format", "onnx"],
+                 ["--model", "base", "--score", "Nope"], ["--model", "base", "--score", "MSP", "--tpr", "1.5"]):
+        assert main(["export", "--run", str(run_dir), *args, "--out", str(tmp_path / "b")]) == 2, args
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["export", "--run", str(tmp_path), "--model", "base", "--score", "MSP", "--out",
+                 str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b").exists()

@@ -132,7 +132,10 @@ def load_torch_engine(root: Path, spec: BundleSpec):
 
     m = spec.model
     model = build_model(m.arch, m.num_classes, **m.kwargs).to(memory_format=torch.channels_last)
-    load_into(root / WEIGHTS_FILE, model)
+    try:
+        load_into(root / WEIGHTS_FILE, model)
+    except UserError as e:
+        raise UserError(f"bundle {root}: detector.json does not match its weights: {e}") from None
     scorer = materialize_masks(model, load_masks(root / MASK_FILE)[0]) if m.masked_score else model
     detector = build_detector(spec.score.name, spec.score.params)
     stats, _ = load_tensors(root / STATS_FILE)
