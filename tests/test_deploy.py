@@ -114,8 +114,7 @@ def test_detector_json_records_everything_needed(bundles, run_dir) -> None:
 
 
 def test_detector_load_checks_the_score_and_moves(bundles) -> None:
-    assert isinstance(uo.Energy.load(bundles["base/Energy"]) if hasattr(uo, "Energy") else
-                      uo.DETECTORS["Energy"].load(bundles["base/Energy"]), uo.OODDetector)
+    assert isinstance(uo.DETECTORS["Energy"].load(bundles["base/Energy"]), uo.OODDetector)
     with pytest.raises(UserError, match="holds a MSP detector"):
         uo.DETECTORS["Energy"].load(bundles["umap/MSP"])
     det = OODDetector.load(bundles["base/Energy"])

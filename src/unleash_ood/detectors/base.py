@@ -82,7 +82,7 @@ class Detector:
         return self
 
     @classmethod
-    def load(cls, path: str) -> Any:
+    def load(cls, path: Any) -> Any:
         """A deployed bundle (``unleash-ood export``) as an :class:`unleash_ood.deploy.OODDetector`.
 
         ``Detector.load`` takes any bundle; ``Energy.load`` etc. also check the bundle's score.
