@@ -12,14 +12,18 @@ One registry (``DETECTORS``) serves config validation, the CLI, the reports and 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..deploy import OODDetector
 
 
 class Params(BaseModel):
@@ -82,7 +86,7 @@ class Detector:
         return self
 
     @classmethod
-    def load(cls, path: Any) -> Any:
+    def load(cls, path: str | os.PathLike) -> OODDetector:
         """A deployed bundle (``unleash-ood export``) as an :class:`unleash_ood.deploy.OODDetector`.
 
         ``Detector.load`` takes any bundle; ``Energy.load`` etc. also check the bundle's score.
