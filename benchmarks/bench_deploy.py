@@ -53,7 +53,7 @@ def main() -> None:
                 fit_detectors(scorer, [det], train)
                 net = ScoringNet(model, scorer, det)
                 path = export_onnx(net, Path(tmp) / f"{kind}_{score}.onnx", x[:2])
-                session = onnx_session(path)
+                session = onnx_session(path, args.threads)
                 for batch in (512, 1):
                     eager = images_per_s(net.outputs, x, batch)
                     ort = images_per_s(lambda b: session.run(None, {"images": b.numpy()}), x, batch)

@@ -169,14 +169,17 @@ class OnnxEngine:
         return self
 
 
-def onnx_session(path: Path):
-    """An onnxruntime CPU session (a UserError if onnxruntime is missing or the file is not a valid graph)."""
+def onnx_session(path: Path, threads: int | None = None):
+    """An onnxruntime CPU session (``threads``: intra-op threads, default onnxruntime's); a UserError if
+    onnxruntime is missing or the file is not a valid graph."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise UserError("ONNX bundles need onnxruntime: pip install 'unleash-ood[deploy]'") from None
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no warnings on stderr per session
+    if threads:
+        options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own (pybind) exception types for a corrupt graph
