@@ -278,3 +278,25 @@ def test_cli_export_refusals_exit_2(run_dir, tmp_path, capsys) -> None:
     assert main(["export", "--run", str(tmp_path), "--model", "base", "--score", "MSP", "--out",
                  str(tmp_path / "b")]) == 2
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_cli_detect_runs_onnx_bundles_and_refuses_a_broken_graph(onnx_bundles, run_dir, id_data, tmp_path,
+                                                                 capsys) -> None:
+    np.savez(tmp_path / "x.npz", images=id_data.test[0][:, 0].numpy())
+    out = tmp_path / "preds.csv"
+    assert main(["detect", str(onnx_bundles["base/Energy"]), f"npz:{tmp_path / 'x.npz'}", "--out", str(out)]) == 0
+    expected = np.load(run_dir / "scores.npz")["base/Energy/id"]
+    np.testing.assert_allclose([float(r["score"]) for r in read_csv(out)], expected, rtol=1e-6, atol=1e-4)
+
+    def truncate_and_rehash(root: Path) -> None:  # a damaged graph whose hash was "fixed" too
+        from unleash_ood.deploy.bundle import sha256
+
+        graph = root / "model.onnx"
+        graph.write_bytes(graph.read_bytes()[:1000])
+        edit_json(lambda s: s["files"]["model.onnx"].update(sha256=sha256(graph), bytes=1000))(root)
+
+    root = corrupt(onnx_bundles, "base/Energy", tmp_path, truncate_and_rehash)
+    out.unlink()
+    assert main(["detect", str(root), f"npz:{tmp_path / 'x.npz'}", "--out", str(out)]) == 2
+    assert "cannot load ONNX graph" in capsys.readouterr().err and not out.exists()
