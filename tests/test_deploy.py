@@ -148,6 +148,8 @@ def test_onnx_equals_torch(onnx_bundles, bundles, id_data, key, rtol) -> None:
     pytest.importorskip("onnxruntime")
     onnx_det, torch_det = OODDetector.load(onnx_bundles[key]), OODDetector.load(bundles[key])
     assert onnx_det.spec.format == "onnx" and set(onnx_det.spec.files) == {"model.onnx"}
+    assert {"onnx", "onnxruntime", "torch"} <= set(onnx_det.spec.versions)
+    assert onnx_det.spec.calibration.engine == "onnxruntime"
     x = id_data.test[0]
     lo_onnx, sc_onnx = onnx_det.outputs(x)
     lo_torch, sc_torch = torch_det.outputs(x)

@@ -95,6 +95,8 @@ class OODDetector:
     def outputs(self, x: torch.Tensor | np.ndarray, batch_size: int = BATCH,
                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Logits (N × classes) and scores (N) of the images, in batches."""
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
         x = self.prepare(x)
         logits, scores = [], []
         for start in tqdm(range(0, len(x), batch_size), desc="detect", unit="batch", disable=not progress,

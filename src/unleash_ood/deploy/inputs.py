@@ -103,9 +103,10 @@ def predictions_csv(sources: list[str], pred: Predictions) -> str:
 def detect(bundle: str | Path, specs: list[str], out: str | Path, device: str = "cpu",
            batch_size: int = 512) -> Predictions:
     """Load ``bundle``, score every input image, write the CSV atomically (nothing on any error)."""
+    from ..runtime import select_device
     from .detector import OODDetector
 
-    det = OODDetector.load(bundle).to(device)
+    det = OODDetector.load(bundle).to(select_device(device))  # a clear error for cuda without a GPU
     sources, images = load_inputs(specs, det.spec.input.shape)
     pred = det.predict(images, batch_size=batch_size, progress=True)
     write_text(out, predictions_csv(sources, pred))
