@@ -26,7 +26,7 @@ _EXPORTS = {
     "energy_score": "scores", "max_logit_score": "scores", "msp_score": "scores", "odin_score": "scores",
     "OptimConfig": "config", "train": "train",
     "DETECTORS": "detectors", "Detector": "detectors", "FitData": "detectors", "build_detector": "detectors",
-    "register": "detectors",
+    "register": "detectors", "OODDetector": "deploy",
 }
 __all__ = sorted([*_EXPORTS, "UserError"])
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli_deploy import add_deploy_parsers
 from .cli_paper import add_paper_parsers
 from .errors import UserError
 from .rundir import RunDir
@@ -198,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", metavar="key=value")
     c.set_defaults(func=cmd_config)
     add_paper_parsers(sub)
+    add_deploy_parsers(sub)
     # listed here; parsed by reproduce's own parser (see main), which imports the pipeline
     sub.add_parser("reproduce", help="the paper's analyses at embedded scale (`reproduce --help`)", add_help=False)
     return p

@@ -12,14 +12,18 @@ One registry (``DETECTORS``) serves config validation, the CLI, the reports and 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..deploy import OODDetector
 
 
 class Params(BaseModel):
@@ -85,6 +89,19 @@ class Detector:
         self.stats = {k: v.clone() for k, v in stats.items()}
         self.fitted = True
         return self
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> OODDetector:
+        """A deployed bundle (``unleash-ood export``) as an :class:`unleash_ood.deploy.OODDetector`.
+
+        ``Detector.load`` takes any bundle; ``Energy.load`` etc. also check the bundle's score.
+        """
+        from ..deploy import OODDetector
+
+        det = OODDetector.load(path)
+        if cls is not Detector and det.spec.score.name != cls.name:
+            raise UserError(f"bundle {path} holds a {det.spec.score.name} detector, not {cls.name}")
+        return det
 
     def config(self) -> dict[str, Any]:
         return self.params.model_dump()

@@ -41,7 +41,7 @@ class Mahalanobis(Detector):
         if data.labels is None:
             raise UserError("Mahalanobis needs labelled training batches (x, y)")
         means, precision = mahalanobis_fit(data.features, data.labels, data.num_classes)
-        self.stats = {"means": means.float(), "precision": precision.float()}
+        self.stats = {"means": means, "precision": precision}  # float64: no rounding in the quadratic form
         return super().fit(data)
 
     def score(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,177 @@
+"""From a finished run to a bundle: rebuild its data, fit the score as the evaluation did, calibrate the
+threshold on the held-out ID validation split, write weights + mask + statistics + ``detector.json``."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..data import IDData
+from ..detectors import Detector
+from ..errors import UserError
+from .bundle import (MASK_FILE, ONNX_FILE, STATS_FILE, WEIGHTS_FILE, BundleSpec, Calibration, InputSpec,
+                     ModelSpec, ScoreSpec, sha256, write_bundle)
+from .detector import Engine, OODDetector, OnnxEngine
+from .net import ScoringNet, materialize_masks, normalization_of
+
+MODELS = ("base", "um", "ce_finetune", "umap")
+FORMATS = ("torch", "onnx")
+FIT_BATCH = 512  # the evaluation's batch size (pipeline.EVAL_BATCH)
+
+
+@dataclass
+class ExportRequest:
+    """What ``unleash-ood export`` asks for."""
+
+    run: Path
+    model: str = "base"
+    score: str = "Energy"
+    out: Path = Path("bundle")
+    tpr: float = 0.95
+    format: str = "torch"
+    device: str = "cpu"
+
+    def check(self) -> None:
+        if self.model not in MODELS:
+            raise UserError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.format not in FORMATS:
+            raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if not 0.0 < self.tpr < 1.0:
+            raise UserError(f"--tpr must lie strictly between 0 and 1, got {self.tpr}")
+
+
+def calibrate_threshold(scores: np.ndarray, tpr: float) -> float:
+    """The score value that accepts (``score >= threshold``) ``ceil(tpr · n)`` of the ``n`` ID scores."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    if len(s) == 0 or not np.isfinite(s).all():
+        raise UserError("cannot calibrate a threshold: no scores, or scores that are not finite")
+    accepted = math.ceil(tpr * len(s) - 1e-9)
+    return float(s[len(s) - accepted])
+
+
+def checkpoint_paths(run: Path, model: str) -> tuple[Path, Path | None]:
+    """The weights file and (UMAP) mask file of ``model`` in ``run``; a UserError if either is missing."""
+    ck = run / "checkpoints"
+    weights = ck / ("base.safetensors" if model == "umap" else f"{model}.safetensors")
+    mask = ck / "umap_mask.safetensors" if model == "umap" else None
+    for path in (weights, mask):
+        if path is not None and not path.is_file():
+            raise UserError(f"run {run} has no {model} model ({path} is missing)")
+    return weights, mask
+
+
+@dataclass
+class RunModel:
+    """One model of a finished run, with the ID data its config rebuilds (same seed, same splits)."""
+
+    run: Path
+    data: IDData
+    model: nn.Module
+    model_cfg: ModelConfig
+    weights: Path
+    mask_path: Path | None
+    masks: dict[str, torch.Tensor] | None
+    data_seed: int
+
+
+def load_run_model(req: ExportRequest) -> RunModel:
+    from ..checkpoint import load_masks
+    from ..data import load_id_data
+    from ..pipeline import load_checkpoint, load_run_config
+
+    run = Path(req.run)
+    cfg = load_run_config(run)
+    weights, mask_path = checkpoint_paths(run, req.model)
+    d = cfg.data
+    data = load_id_data(d.dataset, d.data_root, d.val_size, d.train_size, d.test_size, d.seed, d.download)
+    if not len(data.val[0]):
+        raise UserError(f"run {run} has no ID validation split (data.val_size=0): nothing to calibrate on")
+    model, model_cfg = load_checkpoint(weights, data.num_classes, cfg.model)
+    masks = load_masks(mask_path)[0] if mask_path else None
+    return RunModel(run, data, model, model_cfg, weights, mask_path, masks, d.seed)
+
+
+def bundle_spec(req: ExportRequest, src: RunModel, detector: Detector) -> BundleSpec:
+    """``detector.json`` before calibration (threshold 0) and before the file hashes."""
+    from .. import __version__
+
+    data, run = src.data, src.run
+    versions = {"unleash_ood": __version__, "torch": torch.__version__}
+    if req.format == "onnx":
+        import onnx
+        import onnxruntime
+
+        versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
+    return BundleSpec(
+        format=req.format,  # type: ignore[arg-type]
+        model=ModelSpec(arch=src.model_cfg.arch, kwargs=src.model_cfg.kwargs, num_classes=data.num_classes,
+                        kind=req.model, masked_score=src.masks is not None,  # type: ignore[arg-type]
+                        normalization=normalization_of(src.model)),
+        classes=list(data.classes), dataset=data.name,
+        input=InputSpec(channels=data.image_shape[0], height=data.image_shape[1], width=data.image_shape[2]),
+        score=ScoreSpec(name=detector.name, params=detector.config(),
+                        stats_shapes={k: list(v.shape) for k, v in detector.state_dict().items()}),
+        calibration=Calibration(threshold=0.0, tpr=req.tpr, size=len(data.val[0]), flag_rate=0.0),
+        run={"dir": str(run.resolve()), "model": req.model, "config_sha256": sha256(run / "config.json"),
+             "weights_sha256": sha256(src.weights),
+             **({"mask_sha256": sha256(src.mask_path)} if src.mask_path else {}),
+             "split_seed": src.data_seed, "fit": f"{len(data.train[0])} ID training images"},
+        versions=versions)
+
+
+def export_run(req: ExportRequest) -> BundleSpec:
+    """Write the bundle ``req.out`` for model ``req.model`` and score ``req.score`` of run ``req.run``."""
+    from ..checkpoint import load_tensors, save_masks, save_model, save_tensors
+    from ..detectors import build_detector
+    from ..evaluate import TensorBatches, fit_detectors
+    from ..runtime import select_device
+
+    req.check()
+    detector = build_detector(req.score)
+    if req.format == "onnx" and detector.needs_inputs:
+        raise UserError(f"{req.score} needs its own gradient pass over the inputs, not one forward pass; "
+                        "it cannot be an ONNX graph: export it with --format torch")
+    src = load_run_model(req)
+    scorer = materialize_masks(src.model, src.masks) if src.masks else src.model
+    net = ScoringNet(src.model, scorer, detector).to(select_device(req.device))
+    fit_detectors(scorer, [detector], TensorBatches(*src.data.train, batch_size=FIT_BATCH))  # as evaluate_models
+    net.to(select_device(req.device))  # statistics fitted on the CPU follow the network
+    stats = {k: v.detach().cpu().contiguous() for k, v in detector.state_dict().items()}
+    spec = bundle_spec(req, src, detector)
+    val = src.data.val[0]
+
+    with tempfile.TemporaryDirectory(prefix="unleash-ood-export-") as scratch:
+        engine: Engine = net
+        onnx_path = Path(scratch) / ONNX_FILE
+        if req.format == "onnx":
+            from .onnx_export import export_onnx
+
+            export_onnx(net.to("cpu"), onnx_path, val[:2])
+            engine = OnnxEngine(onnx_path, spec)
+        val_scores = OODDetector(spec, engine).score(val)  # calibrated with the bundle's own engine
+        threshold = calibrate_threshold(val_scores, req.tpr)
+        spec.calibration = Calibration(threshold=threshold, tpr=req.tpr, size=len(val_scores),
+                                       flag_rate=float(np.mean(val_scores < threshold)),
+                                       engine="onnxruntime" if req.format == "onnx" else "torch")
+
+        def write_files(tmp: Path) -> None:
+            if req.format == "onnx":
+                shutil.copyfile(onnx_path, tmp / ONNX_FILE)
+                return
+            m = spec.model
+            meta = {"arch": m.arch, "model_kwargs": m.kwargs, "num_classes": m.num_classes}
+            save_model(tmp / WEIGHTS_FILE, src.model, {**meta, "kind": "base" if src.masks else req.model})
+            if src.masks and src.mask_path:
+                save_masks(tmp / MASK_FILE, src.masks, {**load_tensors(src.mask_path)[1], "kind": "umap_mask"})
+            save_tensors(tmp / STATS_FILE, stats, {"score": detector.name, "params": detector.config()})
+
+        write_bundle(req.out, spec, write_files)
+    return spec

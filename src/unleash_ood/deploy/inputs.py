@@ -1,0 +1,113 @@
+"""``detect``'s inputs and output: ``npz:PATH``, ``folder:PATH`` or image files in, one CSV row per image out.
+
+Images are converted like OOD sets (:func:`unleash_ood.data.ood.to_image_format`: uint8 or [0, 1] floats,
+channels matched by luminance / replication, bilinear antialiased resize to the bundle's input size).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..report import write_text
+from .detector import Predictions
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+COLUMNS = ("source", "pred", "prob", "score", "is_ood")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, in sorted order; hidden files and folders skipped."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as H×W (gray) or H×W×3/4 uint8, or float in [0, 1] for 16/32-bit gray."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode.startswith("I;16"):
+                return np.asarray(image, dtype=np.float32) / 65535.0
+            if image.mode in ("I", "F"):
+                array = np.asarray(image, dtype=np.float32)
+                return np.clip(array / (65535.0 if array.max() > 255 else 255.0), 0.0, 1.0)
+            if image.mode in ("1", "L"):
+                return np.asarray(image.convert("L"))
+            if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
+                return np.asarray(image.convert("RGBA"))  # alpha is dropped by the conversion
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot read image file {path}: {e}") from None
+
+
+def read_files(files: list[Path], shape: tuple[int, int, int], desc: str) -> torch.Tensor:
+    from ..data.ood import to_image_format
+
+    out = torch.empty((len(files), *shape), dtype=torch.float32)
+    for i, path in enumerate(tqdm(files, desc=desc, unit="img", disable=len(files) < 100, leave=False)):
+        out[i] = to_image_format(read_image(path)[None], shape, source=str(path))[0]
+    return out
+
+
+def load_inputs(specs: list[str], shape: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
+    """Every input image in order, with its ``source`` (a path, or ``file.npz[i]``)."""
+    from ..data.ood import load_ood
+
+    sources: list[str] = []
+    images: list[torch.Tensor] = []
+    for spec in specs:
+        if spec.startswith("npz:") or (not spec.startswith("folder:") and spec.lower().endswith(".npz")):
+            path = Path(spec.removeprefix("npz:")).expanduser()
+            x = load_ood(f"npz:{path}", shape)
+            sources += [f"{path}[{i}]" for i in range(len(x))]
+        elif spec.startswith("folder:"):
+            folder = Path(spec.removeprefix("folder:")).expanduser()
+            if not folder.is_dir():
+                raise UserError(f"input folder {folder} does not exist or is not a folder")
+            files = image_files(folder)
+            if not files:
+                raise UserError(f"input folder {folder} has no image files ({', '.join(IMAGE_SUFFIXES)})")
+            x = read_files(files, shape, desc=f"reading {folder.name or folder}")
+            sources += [str(p) for p in files]
+        else:
+            path = Path(spec).expanduser()
+            if not path.is_file():
+                raise UserError(f"input {spec!r} is not a file; use an image file, npz:PATH or folder:PATH")
+            x = read_files([path], shape, desc=path.name)
+            sources.append(str(path))
+        images.append(x)
+    if not images:
+        raise UserError("no inputs given")
+    return sources, torch.cat(images)
+
+
+def predictions_csv(sources: list[str], pred: Predictions) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in zip(sources, pred.labels, pred.probs, pred.scores, pred.is_ood):
+        src, label, prob, score, ood = row
+        writer.writerow([src, int(label), f"{prob:.9g}", f"{score:.12g}", int(ood)])
+    return buf.getvalue()
+
+
+def detect(bundle: str | Path, specs: list[str], out: str | Path, device: str = "cpu",
+           batch_size: int = 512) -> Predictions:
+    """Load ``bundle``, score every input image, write the CSV atomically (nothing on any error)."""
+    from ..runtime import select_device
+    from .detector import OODDetector
+
+    det = OODDetector.load(bundle).to(select_device(device))  # a clear error for cuda without a GPU
+    sources, images = load_inputs(specs, det.spec.input.shape)
+    pred = det.predict(images, batch_size=batch_size, progress=True)
+    write_text(out, predictions_csv(sources, pred))
+    return pred
