@@ -270,7 +270,7 @@ class _NoTouch(dict):
 def test_select_keep_ratio_on_validation_only(root: Path, tmp_path: Path) -> None:
     from unleash_ood.config import DataConfig, UMConfig
     from unleash_ood.models import build_model
-    from unleash_ood.paper import select_keep_ratio, validation_ood
+    from unleash_ood.paper import SelectionSettings, select_keep_ratio, validation_ood
     from unleash_ood.pipeline import Prepared
     from unleash_ood.train import OptimConfig, train
 
@@ -281,20 +281,38 @@ def test_select_keep_ratio_on_validation_only(root: Path, tmp_path: Path) -> Non
     train(model, prep.train_batches(32, 0, False), OptimConfig(epochs=2, lr=0.05, batch_size=32))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     um = UMConfig(zeta_draws=1, optim=OptimConfig(epochs=3, lr=0.01, batch_size=32))
-    name, val_ood = validation_ood(DataConfig(dataset="cifar10", data_root=str(root), val_ood_size=12),
-                                   prep.val_ood, d.image_shape)
-    assert name == "tinyimagenet" and val_ood.shape == (12, 3, 32, 32)
-    res = select_keep_ratio(model, prep, um, grid=(0.9, 0.99), epochs=1, val_ood=val_ood, val_ood_name=name,
+    sets = validation_ood(DataConfig(dataset="cifar10", data_root=str(root), val_ood_size=12),
+                          prep.val_ood, d.image_shape)
+    assert sets["near"][0] == "tinyimagenet" and sets["near"][1].shape == (12, 3, 32, 32)
+    assert sets["far"][1] is prep.val_ood
+    res = select_keep_ratio(model, prep, um, sets, SelectionSettings(grid=(0.9, 0.99), epochs=1),
                             out_path=tmp_path / "sel.json")
     assert res["keep_ratio"] in (0.9, 0.99) and len(res["candidates"]) == 2
     best = min(res["candidates"], key=lambda c: (c["val_fpr95"], -c["val_auroc"]))
     assert res["keep_ratio"] == best["keep_ratio"] and res["zeta"] == best["zeta"]
     assert all(c["zeta"] > 0 for c in res["candidates"])
-    assert json.loads((tmp_path / "sel.json").read_text())["val_ood"] == "tinyimagenet"
+    assert json.loads((tmp_path / "sel.json").read_text())["val_ood"] == {"far": "patch-shuffled ID validation",
+                                                                         "near": "tinyimagenet"}
+    for c in res["candidates"]:  # the criterion is the mean over the groups
+        assert c["val_fpr95"] == pytest.approx((c["near_fpr95"] + c["far_fpr95"]) / 2)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     # fallback: the pipeline's patch-shuffled validation images
-    name2, x2 = validation_ood(DataConfig(dataset="cifar10", data_root=str(tmp_path)), prep.val_ood, d.image_shape)
-    assert name2.startswith("patch-shuffled") and x2 is prep.val_ood
+    sets2 = validation_ood(DataConfig(dataset="cifar10", data_root=str(tmp_path)), prep.val_ood, d.image_shape)
+    assert list(sets2) == ["far"] and sets2["far"][1] is prep.val_ood
+
+
+def test_validation_ood_for_fashion_has_a_near_glyph_proxy_disjoint_from_the_test_glyphs() -> None:
+    from unleash_ood.config import DataConfig
+    from unleash_ood.data.glyphs import load_glyphs
+    from unleash_ood.paper import validation_ood
+
+    fallback = torch.rand(5, 1, 28, 28)
+    sets = validation_ood(DataConfig(val_ood_size=50), fallback, (1, 28, 28))
+    assert sets["far"][1] is fallback and sets["near"][0].startswith("glyphs")
+    near = sets["near"][1]
+    assert near.shape == (50, 1, 28, 28)
+    test = load_glyphs(50, 0, (1, 28, 28), split="test")
+    assert not torch.equal(near, test)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -343,7 +361,7 @@ def test_run_recipe_with_keep_selection(root: Path, tmp_path: Path, cifar_patch)
     run_recipe("cifar10_densenet100", [0], out, [*TINY, f"data.data_root={root}", "data.ood=[svhn]", "control=false"],
                select_grid=[0.9, 0.99], select_epochs=1)
     sel = json.loads((out / "seed_0" / "keep_selection.json").read_text())
-    assert sel["val_ood"] == "tinyimagenet" and sel["keep_ratio"] in (0.9, 0.99)
+    assert sel["val_ood"]["near"] == "tinyimagenet" and sel["keep_ratio"] in (0.9, 0.99)
     cfg = json.loads((out / "seed_0" / "config.json").read_text())
     assert cfg["um"]["keep_ratio"] == sel["keep_ratio"] and cfg["um"]["zeta"] == pytest.approx(sel["zeta"])
     summary = json.loads((out / "seed_0" / "summary.json").read_text())

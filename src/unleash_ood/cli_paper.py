@@ -74,14 +74,21 @@ def cmd_select_keep(args: argparse.Namespace) -> None:
     out = Path(args.out)
     with RunDir.for_command(out.parent, args, owns=(out.name,)):
         res, name = _select_keep(args, out)
+    groups = list(res["val_ood"])
+
+    def line(label: str, c: dict) -> str:
+        per = "  ".join(f"{g} {c[f'{g}_fpr95']:.2f}" for g in groups)
+        return (f"{label}  val Energy FPR95: {per}  (mean {c['val_fpr95']:.2f}, AUROC {c['val_auroc']:.2f})  "
+                f"val acc {c['val_acc']:.2f}")
+
+    print(line("base (no UM)         ", res["base"]))
     for c in res["candidates"]:
-        print(f"keep {c['keep_ratio']:.3f}  zeta {c['zeta']:.4f}  val Energy FPR95 {c['val_fpr95']:.2f}  "
-              f"AUROC {c['val_auroc']:.2f}  val acc {c['val_acc']:.2f}")
+        print(line(f"keep {c['keep_ratio']:.3f} zeta {c['zeta']:.4f}", c))
     print(f"chosen on {name}: um.keep_ratio={res['keep_ratio']} um.zeta={res['zeta']:.4f}   (written to {out})")
 
 
 def _select_keep(args: argparse.Namespace, out: Path) -> tuple[dict, str]:
-    from .paper import select_keep_ratio, validation_ood
+    from .paper import SelectionSettings, select_keep_ratio, validation_ood
     from .pipeline import load_checkpoint, prepare_data
     from .recipes import load_recipe
 
@@ -92,11 +99,11 @@ def _select_keep(args: argparse.Namespace, out: Path) -> tuple[dict, str]:
     prep = prepare_data(cfg.data, ood_specs=["uniform"])
     prep.ood = {}
     model, _ = load_checkpoint(args.checkpoint, prep.id.num_classes, cfg.model)
-    name, val_ood = validation_ood(cfg.data, prep.val_ood, prep.id.image_shape)
-    res = select_keep_ratio(model, prep, cfg.um, args.grid, epochs=args.epochs, seed=cfg.seed, val_ood=val_ood,
-                            val_ood_name=name, augment=cfg.data.augment, max_acc_drop=args.max_acc_drop,
-                            out_path=out)
-    return res, name
+    val_sets = validation_ood(cfg.data, prep.val_ood, prep.id.image_shape)
+    settings = SelectionSettings(grid=tuple(args.grid), epochs=args.epochs, max_acc_drop=args.max_acc_drop,
+                                 seed=cfg.seed, augment=cfg.data.augment)
+    res = select_keep_ratio(model, prep, cfg.um, val_sets, settings, out_path=out)
+    return res, " + ".join(f"{name} ({g})" for g, (name, _) in val_sets.items())
 
 
 def cmd_import_weights(args: argparse.Namespace) -> None:
@@ -164,7 +171,7 @@ def add_paper_parsers(sub) -> None:
     p.set_defaults(func=cmd_report)
 
     s = sub.add_parser("select-keep", help="choose the UM keep ratio / zeta on validation OOD (never test OOD)")
-    s.add_argument("recipe", help="recipe name or YAML file (for data, UM settings)")
+    s.add_argument("recipe", help="recipe name or YAML file (for data, UM settings); `demo` = the demo's defaults")
     s.add_argument("--checkpoint", required=True, help="the trained base model (.safetensors)")
     s.add_argument("--grid", nargs="+", type=float, default=[0.95, 0.97, 0.975, 0.99], help="keep ratios to try")
     s.add_argument("--epochs", type=int, default=5, help="short UM epochs per candidate (default 5)")

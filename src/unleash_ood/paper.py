@@ -10,8 +10,10 @@ set keeps its name in every result table.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -143,9 +145,10 @@ def _run_with_selection(cfg: DemoConfig, out: Path, grid: Sequence[float], epoch
     prep = prepare_data(cfg.data, ood_specs=["uniform"])  # ID splits + validation OOD; no test OOD set
     prep.ood = {}
     model, _ = load_checkpoint(base_path, prep.id.num_classes, cfg.model)
-    name, val_ood = validation_ood(cfg.data, prep.val_ood, prep.id.image_shape)
-    sel = select_keep_ratio(model, prep, cfg.um, grid, epochs=epochs, seed=cfg.seed, val_ood=val_ood,
-                            val_ood_name=name, augment=cfg.data.augment, out_path=out / "keep_selection.json")
+    sel = select_keep_ratio(model, prep, cfg.um, validation_ood(cfg.data, prep.val_ood, prep.id.image_shape),
+                            SelectionSettings(grid=tuple(grid), epochs=epochs, seed=cfg.seed,
+                                              augment=cfg.data.augment),
+                            out_path=out / "keep_selection.json")
     del model, prep
     um = cfg.um.model_copy(update={"keep_ratio": sel["keep_ratio"], "zeta": sel["zeta"]})
     cfg = cfg.model_copy(update={"um": um})
@@ -158,71 +161,97 @@ def _run_with_selection(cfg: DemoConfig, out: Path, grid: Sequence[float], epoch
 # --------------------------------------------------------------------------- keep-ratio selection
 
 
+@dataclass(frozen=True)
+class SelectionSettings:
+    """How :func:`select_keep_ratio` searches: the grid, short UM epochs per candidate (None: the UM
+    setting), the accuracy guard (points below the base's validation accuracy), the seed, augmentation."""
+
+    grid: Sequence[float] = DEFAULT_GRID
+    epochs: int | None = None
+    max_acc_drop: float | None = None
+    seed: int = 0
+    augment: bool = False
+
+
 def validation_ood(data_cfg: DataConfig, fallback: torch.Tensor, image_shape: tuple[int, int, int]
-                   ) -> tuple[str, torch.Tensor]:
-    """``tinyimagenet`` (suite, CIFAR ID only) when present under the data root, else ``fallback``
-    (the pipeline's patch-shuffled ID-validation images). Never an OOD test set."""
-    if suite.uses_suite(dataset=data_cfg.dataset) and suite.present("tinyimagenet", data_cfg.data_root):
-        x = suite.load_suite_set("tinyimagenet", data_cfg.data_root, image_shape, n=data_cfg.val_ood_size,
-                                 seed=data_cfg.seed, id_dataset=data_cfg.dataset, allow_validation=True)
-        return "tinyimagenet", x
-    return "patch-shuffled ID validation", fallback
+                   ) -> dict[str, tuple[str, torch.Tensor]]:
+    """The validation OOD sets by group, ``{group: (name, images)}``; never an OOD test set.
+
+    far: the pipeline's patch-shuffled ID-validation images (``fallback``). near: for Fashion-MNIST
+    (1-channel ID), letters rendered from the fonts held out of ``glyphs`` (:func:`load_glyphs`,
+    ``split="val"``); for CIFAR, ``tinyimagenet`` (OpenOOD's near-OOD validation set) when present.
+    """
+    from .data.glyphs import load_glyphs
+
+    sets = {"far": ("patch-shuffled ID validation", fallback)}
+    if suite.uses_suite(dataset=data_cfg.dataset):
+        if suite.present("tinyimagenet", data_cfg.data_root):
+            sets["near"] = ("tinyimagenet", suite.load_suite_set(
+                "tinyimagenet", data_cfg.data_root, image_shape, n=data_cfg.val_ood_size, seed=data_cfg.seed,
+                id_dataset=data_cfg.dataset, allow_validation=True))
+    else:
+        sets["near"] = ("glyphs (validation fonts)",
+                        load_glyphs(data_cfg.val_ood_size, data_cfg.seed, image_shape, split="val"))
+    return sets
 
 
-def select_keep_ratio(base: nn.Module, prep, um: UMConfig, grid: Sequence[float] = DEFAULT_GRID,
-                      epochs: int | None = None, seed: int = 0, val_ood: torch.Tensor | None = None,
-                      val_ood_name: str = "patch-shuffled ID validation", augment: bool = False,
-                      max_acc_drop: float | None = None, out_path: str | Path | None = None) -> dict:
+def select_keep_ratio(base: nn.Module, prep, um: UMConfig, val_sets: dict[str, tuple[str, torch.Tensor]],
+                      settings: SelectionSettings = SelectionSettings(),
+                      out_path: str | Path | None = None) -> dict:
     """Grid search over UM keep ratios on validation data only.
 
     For each keep ratio δ: estimate ζ(δ) with ``um.zeta_draws`` random masks on the training set (combined
-    by ``um.zeta_estimator``), run a
-    short UM (``epochs``, default ``um.optim.epochs``) from a copy of ``base``, and measure Energy FPR95
-    (ID positive) between the held-out ID **validation** images (``prep.id.val``) and the validation OOD
-    set (``val_ood``: TinyImageNet when given, else ``prep.val_ood``, the patch-shuffled validation
-    images). The chosen δ minimizes that FPR95 (ties: higher AUROC); with ``max_acc_drop`` (percentage
-    points), candidates whose validation accuracy falls more than that below the base model's are
-    skipped. OOD **test** sets (``prep.ood``) are never looked at. ``base`` is not modified.
+    by ``um.zeta_estimator``), run a short UM from a copy of ``base``, and measure Energy FPR95 (ID
+    positive) between the held-out ID **validation** images and each validation OOD set of ``val_sets``
+    (:func:`validation_ood`: a near-OOD proxy and a far one). The chosen δ minimizes the mean of those
+    FPR95s over the groups (ties: higher mean AUROC); candidates losing more than
+    ``settings.max_acc_drop`` validation-accuracy points are skipped. The base model (no UM) is measured
+    alongside and reported, so a reader sees when no δ beats it. OOD **test** sets are never looked at;
+    ``base`` is not modified.
 
     Returns ``{"keep_ratio", "zeta", "criterion", "val_ood", "base": {...}, "candidates": [...]}``.
     """
     from .evaluate import collect_outputs, score_outputs
+    from .methods.um import estimate_zeta
     from .metrics import accuracy, ood_metrics
     from .pipeline import run_um
 
     if not len(prep.id.val[0]):
         raise UserError("keep-ratio selection needs held-out ID validation images (data.val_size > 0)")
-    if not grid:
+    if not settings.grid:
         raise UserError("the keep-ratio grid is empty")
-    ood = prep.val_ood if val_ood is None else val_ood
     val_b = prep.batches(*prep.id.val)
-    ood_b = prep.batches(ood)
 
     def measure(model: nn.Module) -> dict:
         val = collect_outputs(model, val_b)
-        m = ood_metrics(score_outputs(val, ["Energy"])["Energy"],
-                        score_outputs(collect_outputs(model, ood_b), ["Energy"])["Energy"])
-        return {"val_fpr95": m["fpr95"], "val_auroc": m["auroc"],
-                "val_acc": accuracy(val.logits.numpy(), val.labels.numpy())}
-
-    from .methods.um import estimate_zeta
+        id_s = score_outputs(val, ["Energy"])["Energy"]
+        row = {"val_acc": accuracy(val.logits.numpy(), val.labels.numpy())}
+        for group, (_, x) in val_sets.items():
+            m = ood_metrics(id_s, score_outputs(collect_outputs(model, prep.batches(x)), ["Energy"])["Energy"])
+            row[f"{group}_fpr95"], row[f"{group}_auroc"] = m["fpr95"], m["auroc"]
+        row["val_fpr95"] = float(np.mean([row[f"{g}_fpr95"] for g in val_sets]))
+        row["val_auroc"] = float(np.mean([row[f"{g}_auroc"] for g in val_sets]))
+        return row
 
     base_m = measure(base)
     cand = []
-    for i, keep in enumerate(grid):
-        z = estimate_zeta(base, prep.batches(*prep.id.train), keep, um.zeta_draws, seed, um.zeta_estimator)
+    for i, keep in enumerate(settings.grid):
+        z = estimate_zeta(base, prep.batches(*prep.id.train), keep, um.zeta_draws, settings.seed,
+                          um.zeta_estimator)
         short = um.model_copy(update={"keep_ratio": keep, "optim": um.optim.model_copy(
-            update={"epochs": epochs or um.optim.epochs})})
-        tuned, _ = run_um(base, prep, short, z.value, seed + 10 * i, augment)
+            update={"epochs": settings.epochs or um.optim.epochs})})
+        tuned, _ = run_um(base, prep, short, z.value, settings.seed + 10 * i, settings.augment)
         cand.append({"keep_ratio": float(keep), "zeta": z.value, "zeta_draws": z.values, "zeta_sd": z.sd,
                      **measure(tuned)})
         del tuned
-    eligible = [c for c in cand
-                if max_acc_drop is None or c["val_acc"] >= base_m["val_acc"] - max_acc_drop] or cand
+    guard = settings.max_acc_drop
+    eligible = [c for c in cand if guard is None or c["val_acc"] >= base_m["val_acc"] - guard] or cand
     best = min(eligible, key=lambda c: (c["val_fpr95"], -c["val_auroc"]))
     result = {"keep_ratio": best["keep_ratio"], "zeta": best["zeta"],
-              "criterion": "min Energy FPR95 (ID validation vs validation OOD), ties by AUROC",
-              "val_ood": val_ood_name, "max_acc_drop": max_acc_drop, "base": base_m, "candidates": cand}
+              "criterion": "min mean Energy FPR95 over the validation OOD groups (ID validation vs each), "
+                           "ties by mean AUROC",
+              "val_ood": {g: name for g, (name, _) in val_sets.items()}, "max_acc_drop": guard,
+              "base": base_m, "candidates": cand}
     if out_path is not None:
         write_json(out_path, result)
     return result
