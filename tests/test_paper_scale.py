@@ -261,7 +261,7 @@ class _NoTouch(dict):
 def test_select_keep_ratio_on_validation_only(root: Path, tmp_path: Path) -> None:
     from unleash_ood.config import DataConfig, UMConfig
     from unleash_ood.models import build_model
-    from unleash_ood.paper import select_keep_ratio, validation_ood
+    from unleash_ood.paper import KeepSearch, select_keep_ratio, validation_ood
     from unleash_ood.pipeline import Prepared
     from unleash_ood.train import OptimConfig, train
 
@@ -275,7 +275,7 @@ def test_select_keep_ratio_on_validation_only(root: Path, tmp_path: Path) -> Non
     name, val_ood = validation_ood(DataConfig(dataset="cifar10", data_root=str(root), val_ood_size=12),
                                    prep.val_ood, d.image_shape)
     assert name == "tinyimagenet" and val_ood.shape == (12, 3, 32, 32)
-    res = select_keep_ratio(model, prep, um, grid=(0.9, 0.99), epochs=1, val_ood=val_ood, val_ood_name=name,
+    res = select_keep_ratio(model, prep, um, KeepSearch(grid=(0.9, 0.99), epochs=1), (name, val_ood),
                             out_path=tmp_path / "sel.json")
     assert res["keep_ratio"] in (0.9, 0.99) and len(res["candidates"]) == 2
     best = min(res["candidates"], key=lambda c: (c["val_fpr95"], -c["val_auroc"]))

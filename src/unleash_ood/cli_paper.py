@@ -81,7 +81,7 @@ def cmd_select_keep(args: argparse.Namespace) -> None:
 
 
 def _select_keep(args: argparse.Namespace, out: Path) -> tuple[dict, str]:
-    from .paper import select_keep_ratio, validation_ood
+    from .paper import KeepSearch, select_keep_ratio, validation_ood
     from .pipeline import load_checkpoint, prepare_data
     from .recipes import load_recipe
 
@@ -93,9 +93,8 @@ def _select_keep(args: argparse.Namespace, out: Path) -> tuple[dict, str]:
     prep.ood = {}
     model, _ = load_checkpoint(args.checkpoint, prep.id.num_classes, cfg.model)
     name, val_ood = validation_ood(cfg.data, prep.val_ood, prep.id.image_shape)
-    res = select_keep_ratio(model, prep, cfg.um, args.grid, epochs=args.epochs, seed=cfg.seed, val_ood=val_ood,
-                            val_ood_name=name, augment=cfg.data.augment, max_acc_drop=args.max_acc_drop,
-                            out_path=out)
+    search = KeepSearch(tuple(args.grid), args.epochs, cfg.seed, cfg.data.augment, args.max_acc_drop)
+    res = select_keep_ratio(model, prep, cfg.um, search, (name, val_ood), out_path=out)
     return res, name
 
 

@@ -10,6 +10,7 @@ set keeps its name in every result table.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -143,9 +144,9 @@ def _run_with_selection(cfg: DemoConfig, out: Path, grid: Sequence[float], epoch
     prep = prepare_data(cfg.data, ood_specs=["uniform"])  # ID splits + validation OOD; no test OOD set
     prep.ood = {}
     model, _ = load_checkpoint(base_path, prep.id.num_classes, cfg.model)
-    name, val_ood = validation_ood(cfg.data, prep.val_ood, prep.id.image_shape)
-    sel = select_keep_ratio(model, prep, cfg.um, grid, epochs=epochs, seed=cfg.seed, val_ood=val_ood,
-                            val_ood_name=name, augment=cfg.data.augment, out_path=out / "keep_selection.json")
+    search = KeepSearch(tuple(grid), epochs, cfg.seed, cfg.data.augment)
+    sel = select_keep_ratio(model, prep, cfg.um, search, validation_ood(cfg.data, prep.val_ood, prep.id.image_shape),
+                            out_path=out / "keep_selection.json")
     del model, prep
     um = cfg.um.model_copy(update={"keep_ratio": sel["keep_ratio"], "zeta": sel["zeta"]})
     cfg = cfg.model_copy(update={"um": um})
@@ -169,20 +170,31 @@ def validation_ood(data_cfg: DataConfig, fallback: torch.Tensor, image_shape: tu
     return "patch-shuffled ID validation", fallback
 
 
-def select_keep_ratio(base: nn.Module, prep, um: UMConfig, grid: Sequence[float] = DEFAULT_GRID,
-                      epochs: int | None = None, seed: int = 0, val_ood: torch.Tensor | None = None,
-                      val_ood_name: str = "patch-shuffled ID validation", augment: bool = False,
-                      max_acc_drop: float | None = None, out_path: str | Path | None = None) -> dict:
+@dataclass(frozen=True)
+class KeepSearch:
+    """The keep-ratio search: the ``grid`` of δ, short UM ``epochs`` per candidate (None: ``um.optim.epochs``),
+    the ``seed``, ``augment``, and ``max_acc_drop`` (percentage points of validation accuracy a candidate
+    may lose against the base model; None: no limit)."""
+
+    grid: tuple[float, ...] = DEFAULT_GRID
+    epochs: int | None = None
+    seed: int = 0
+    augment: bool = False
+    max_acc_drop: float | None = None
+
+
+def select_keep_ratio(base: nn.Module, prep, um: UMConfig, search: KeepSearch | None = None,
+                      val_ood: tuple[str, torch.Tensor] | None = None, out_path: str | Path | None = None) -> dict:
     """Grid search over UM keep ratios on validation data only.
 
-    For each keep ratio δ: estimate ζ(δ) with ``um.zeta_draws`` random masks on the training set (combined
-    by ``um.zeta_estimator``), run a
-    short UM (``epochs``, default ``um.optim.epochs``) from a copy of ``base``, and measure Energy FPR95
-    (ID positive) between the held-out ID **validation** images (``prep.id.val``) and the validation OOD
-    set (``val_ood``: TinyImageNet when given, else ``prep.val_ood``, the patch-shuffled validation
-    images). The chosen δ minimizes that FPR95 (ties: higher AUROC); with ``max_acc_drop`` (percentage
-    points), candidates whose validation accuracy falls more than that below the base model's are
-    skipped. OOD **test** sets (``prep.ood``) are never looked at. ``base`` is not modified.
+    For each keep ratio δ of ``search.grid``: estimate ζ(δ) with ``um.zeta_draws`` random masks on the
+    training set (combined by ``um.zeta_estimator``), run a short UM (``search.epochs``) from a copy of
+    ``base``, and measure Energy FPR95 (ID positive) between the held-out ID **validation** images
+    (``prep.id.val``) and the validation OOD set (``val_ood``: ``(name, images)``, e.g. TinyImageNet from
+    :func:`validation_ood`; None: ``prep.val_ood``, the patch-shuffled validation images). The chosen δ
+    minimizes that FPR95 (ties: higher AUROC); with ``search.max_acc_drop``, candidates whose validation
+    accuracy falls more than that below the base model's are skipped. OOD **test** sets (``prep.ood``)
+    are never looked at. ``base`` is not modified.
 
     Returns ``{"keep_ratio", "zeta", "criterion", "val_ood", "base": {...}, "candidates": [...]}``.
     """
@@ -192,9 +204,12 @@ def select_keep_ratio(base: nn.Module, prep, um: UMConfig, grid: Sequence[float]
 
     if not len(prep.id.val[0]):
         raise UserError("keep-ratio selection needs held-out ID validation images (data.val_size > 0)")
+    search = search or KeepSearch()
+    grid, epochs, seed, augment, max_acc_drop = (search.grid, search.epochs, search.seed, search.augment,
+                                                 search.max_acc_drop)
     if not grid:
         raise UserError("the keep-ratio grid is empty")
-    ood = prep.val_ood if val_ood is None else val_ood
+    val_ood_name, ood = val_ood or ("patch-shuffled ID validation", prep.val_ood)
     val_b = prep.batches(*prep.id.val)
     ood_b = prep.batches(ood)
 

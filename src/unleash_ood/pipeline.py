@@ -22,10 +22,10 @@ from .plots import plot_training_curve
 from .prepare import (EVAL_BATCH, Prepared, build, load_checkpoint, load_run_config, model_meta, prepare_data, say,
                       start_run)
 from .report import MODEL_ORDER, OUTLIER_LABELS, write_json
-from .stages import BaseLog, append_jsonl, resolve_zeta, run_um, run_umap, train_base, zeta_line
+from .stages import BaseLog, BaseTraining, append_jsonl, resolve_zeta, run_um, run_umap, train_base, zeta_line
 
-__all__ = ["EVAL_BATCH", "STAGES", "BaseLog", "Prepared", "RunOutput", "append_jsonl", "best_epochs", "build",
-           "demo_stages", "eval_run", "evaluate_models", "load_checkpoint", "load_run_config", "model_meta",
+__all__ = ["EVAL_BATCH", "STAGES", "BaseLog", "BaseTraining", "Prepared", "RunOutput", "append_jsonl", "best_epochs",
+           "build", "demo_stages", "eval_run", "evaluate_models", "load_checkpoint", "load_run_config", "model_meta",
            "prepare_data", "resolve_zeta", "run_demo", "run_notes", "run_pipeline", "run_stages", "run_um",
            "run_umap", "say", "start_run", "track", "train_base", "validation_metrics", "write_outputs",
            "zeta_line"]
@@ -75,8 +75,7 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
     if "train" in stages:
         say(f"training {cfg.model.arch} on {len(prep.id.train[0])} images for {cfg.base.epochs} epochs")
         t = time.perf_counter()
-        log = train_base(model, prep, cfg.base, out, cfg.eval_every, cfg.track_scores, cfg.data.augment,
-                         cfg.seed, cfg.model, resume=resume)
+        log = train_base(model, prep, BaseTraining.of(cfg), out, resume=resume)
         timings["train"] = log.train_s  # every session's training, a resumed run's included
         plot_training_curve(log, out / "plots" / "fpr95_along_training.png", scores=cfg.track_scores[:2],
                             groups=prep.groups)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import nn
 
 from . import runtime
 from .checkpoint import save_model
-from .config import ModelConfig, UMAPConfig, UMConfig
+from .config import DemoConfig, ModelConfig, UMAPConfig, UMConfig
 from .evaluation import track
 from .methods.um import ZetaEstimate, estimate_zeta, unleash
 from .methods.umap import learn_umap_mask
@@ -32,10 +33,27 @@ class BaseLog(list):
     train_s: float = 0.0
 
 
-def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, eval_every: int,
-               track_scores: list[str], augment: bool, seed: int, model_cfg: ModelConfig,
-               resume: bool = False) -> BaseLog:
-    """Base training; every ``eval_every`` epochs (and at the end) a tracked record and a checkpoint.
+@dataclass(frozen=True)
+class BaseTraining:
+    """How a base model is trained: ``optim``, a tracked record and checkpoint every ``eval_every`` epochs
+    (scores ``track_scores``), ``augment``, the shuffling ``seed``, and ``model`` (the checkpoints' metadata)."""
+
+    optim: OptimConfig
+    model: ModelConfig
+    eval_every: int = 1
+    track_scores: tuple[str, ...] = ("Energy",)
+    augment: bool = False
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg: DemoConfig, optim: OptimConfig | None = None, eval_every: int | None = None) -> BaseTraining:
+        """The base training a run config asks for (``optim``/``eval_every`` replace the config's)."""
+        return cls(optim or cfg.base, cfg.model, cfg.eval_every if eval_every is None else eval_every,
+                   tuple(cfg.track_scores), cfg.data.augment, cfg.seed)
+
+
+def train_base(model: nn.Module, prep: Prepared, spec: BaseTraining, out: Path, resume: bool = False) -> BaseLog:
+    """Base training; every ``spec.eval_every`` epochs (and at the end) a tracked record and a checkpoint.
 
     After every epoch ``checkpoints/last_state.pt`` holds all that resuming needs (model, optimizer,
     scheduler, RNG states, epoch, the log so far); ``resume=True`` continues from it (a finished
@@ -43,10 +61,11 @@ def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, 
     The log file is rewritten only once a resume was accepted (a refused one leaves it as it was).
     Under torchrun only rank 0 evaluates and writes; the log is then broadcast to every rank.
     """
+    optim, eval_every, track_scores = spec.optim, spec.eval_every, list(spec.track_scores)
     log_path, ckpt_dir = out / "train_log.jsonl", out / "checkpoints"
     log: list[dict] = []
     last_good: list[Path] = []
-    meta = model_meta(model_cfg, prep.id, "base")
+    meta = model_meta(spec.model, prep.id, "base")
     primary = runtime.is_primary()
     state = ResumeState(ckpt_dir / "last_state.pt", resume=resume, extra=lambda: log)
     if primary and not (resume and state.path.is_file()):
@@ -75,7 +94,7 @@ def train_base(model: nn.Module, prep: Prepared, optim: OptimConfig, out: Path, 
             + "  ".join(f"{s} FPR95 {v:.1f}" for s, v in mean.items()))
 
     try:
-        train(model, prep.train_batches(optim.batch_size, seed, augment), optim, on_epoch_end=on_epoch_end,
+        train(model, prep.train_batches(optim.batch_size, spec.seed, spec.augment), optim, on_epoch_end=on_epoch_end,
               desc="base", state=state)
     except NonFiniteLossError as e:
         if not last_good and state.resumed_epoch:  # the epochs before the resume left their checkpoints
