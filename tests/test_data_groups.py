@@ -280,3 +280,13 @@ def test_data_list_shows_fashion_sets_with_groups(capsys: pytest.CaptureFixture[
     assert {name: r["role"] for name, r in rows.items()} == {name: s.group for name, s in BUILTIN.items()}
     assert rows["kmnist"]["present"] and not rows["mnist"]["present"]
     assert str(tmp_path / "MNIST" / "raw") in rows["mnist"]["expected"]
+
+
+def test_torch_free_group_tables_agree_with_the_loaders() -> None:
+    """``ood_groups`` (used by config validation without torch) names the loaders' sets and groups."""
+    from unleash_ood import ood_groups
+    from unleash_ood.data.suite import PAPER_SUITE, SUITE
+
+    assert ood_groups.BUILTIN_GROUPS == {name: s.group for name, s in BUILTIN.items()}
+    assert set(ood_groups.SUITE_NAMES) == set(SUITE)
+    assert set(ood_groups.SUITE_DATASETS) == set(PAPER_SUITE)

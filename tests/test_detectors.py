@@ -359,3 +359,13 @@ def test_cli_bad_hyperparameter_exits_2(capsys) -> None:
     assert err.startswith("unleash-ood: error:") and "scores.ASH-S.percentile" in err and len(err.splitlines()) == 1
     assert main(["config", "scores.KNN.k=7"]) == 0
     assert '"k": 7' in capsys.readouterr().out
+
+
+def test_registry_and_params_table_agree() -> None:
+    """The torch-free table config validates with (names, Params, flags) is the registry's."""
+    from unleash_ood.detectors.params import PARAMS_TABLE, DetectorInfo
+
+    assert list(PARAMS_TABLE) == list(TABLE_ORDER) and set(PARAMS_TABLE) <= set(DETECTORS)
+    for name, info in PARAMS_TABLE.items():
+        assert DetectorInfo.of(DETECTORS[name]) == info, name
+        assert DETECTORS[name].name == name

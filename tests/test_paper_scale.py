@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from unleash_ood import pipeline
 from unleash_ood.cli_paper import add_paper_parsers
 from unleash_ood.data import default_patch, load_id_data, patch_shuffle
 from unleash_ood.data.cifar import load_cifar, write_fake_cifar
@@ -164,15 +163,7 @@ def test_recipe_overrides_and_bad_keys() -> None:
 # --------------------------------------------------------------------------- run end to end
 
 
-@pytest.fixture
-def cifar_patch(monkeypatch):
-    """Until pipeline.prepare_data picks the patch size from the image size (default_patch), the
-    hard-coded patch=7 does not divide 32."""
-    monkeypatch.setattr(pipeline, "patch_shuffle",
-                        lambda x, patch=7, seed=0: patch_shuffle(x, default_patch(x.shape[-1]), seed))
-
-
-def test_run_recipe_end_to_end(root: Path, tmp_path: Path, cifar_patch) -> None:
+def test_run_recipe_end_to_end(root: Path, tmp_path: Path) -> None:
     from unleash_ood.paper import run_recipe
 
     out = tmp_path / "run"
@@ -354,7 +345,7 @@ def test_load_ood_sets_mixes_suite_and_specs(root: Path) -> None:
         load_ood_sets(["svhn", "places365"], "cifar10", root, (3, 32, 32))
 
 
-def test_run_recipe_with_keep_selection(root: Path, tmp_path: Path, cifar_patch) -> None:
+def test_run_recipe_with_keep_selection(root: Path, tmp_path: Path) -> None:
     from unleash_ood.paper import run_recipe
 
     out = tmp_path / "sel"

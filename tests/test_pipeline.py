@@ -12,7 +12,7 @@ from unleash_ood import runtime
 from unleash_ood.config import ModelConfig
 from unleash_ood.data import IDData
 from unleash_ood.errors import UserError
-from unleash_ood.pipeline import Prepared, train_base
+from unleash_ood.pipeline import BaseTraining, Prepared, train_base
 from unleash_ood.train import NonFiniteLossError, OptimConfig, load_state
 
 train_mod = importlib.import_module("unleash_ood.train")
@@ -33,9 +33,9 @@ def prep(fmnist_small) -> Prepared:
 
 def _base(prep, out, resume=False, epochs=4):
     runtime.setup("cpu", "off")
-    return train_base(small_cnn(0), prep, OptimConfig(epochs=epochs, lr=0.05, batch_size=32), out, eval_every=1,
-                      track_scores=["Energy"], augment=False, seed=0,
-                      model_cfg=ModelConfig(arch="small_cnn", kwargs={"width": 8}), resume=resume)
+    spec = BaseTraining(OptimConfig(epochs=epochs, lr=0.05, batch_size=32),
+                        ModelConfig(arch="small_cnn", kwargs={"width": 8}), eval_every=1, track_scores=("Energy",))
+    return train_base(small_cnn(0), prep, spec, out, resume=resume)
 
 
 @pytest.fixture

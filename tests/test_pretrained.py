@@ -183,15 +183,11 @@ def test_cli_import_weights(tmp_path, capsys) -> None:
     assert "does not fit" in capsys.readouterr().err
 
 
-def test_run_recipe_with_init_skips_training(tmp_path, monkeypatch) -> None:
+def test_run_recipe_with_init_skips_training(tmp_path) -> None:
     """``run RECIPE --init SPEC``: no base training; every seed starts from the imported weights."""
-    from unleash_ood import pipeline
-    from unleash_ood.data import default_patch, patch_shuffle
     from unleash_ood.data.cifar import write_fake_cifar
     from unleash_ood.paper import run_recipe
 
-    monkeypatch.setattr(pipeline, "patch_shuffle",  # as test_paper_scale's cifar_patch
-                        lambda x, patch=7, seed=0: patch_shuffle(x, default_patch(x.shape[-1]), seed))
     root = tmp_path / "data"
     write_fake_cifar(root, "cifar10", n_train=120, n_test=40, seed=0)
     write_fake_cifar(root, "cifar100", n_train=60, n_test=30, seed=1)

@@ -18,7 +18,7 @@ from unleash_ood import runtime
 from unleash_ood.data import IDData
 from unleash_ood.errors import UserError
 from unleash_ood.evaluate import TensorBatches
-from unleash_ood.pipeline import Prepared, train_base
+from unleash_ood.pipeline import BaseTraining, Prepared, train_base
 from unleash_ood.train import OptimConfig, load_state, train
 
 train_mod = importlib.import_module("unleash_ood.train")  # the package exports a function named train
@@ -74,8 +74,9 @@ def _base(prep, out, resume=False, seed=0):
 
     model = small_cnn(seed).to(memory_format=torch.channels_last)
     cfg = OptimConfig(epochs=4, lr=0.05, batch_size=32)
-    log = train_base(model, prep, cfg, out, eval_every=1, track_scores=["Energy"], augment=True, seed=0,
-                     model_cfg=ModelConfig(arch="small_cnn", kwargs={"width": 8}), resume=resume)
+    spec = BaseTraining(cfg, ModelConfig(arch="small_cnn", kwargs={"width": 8}), eval_every=1,
+                        track_scores=("Energy",), augment=True)
+    log = train_base(model, prep, spec, out, resume=resume)
     return model, log
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
-from .data.specs import config_groups
 from .errors import UserError
-from .detectors import DETECTORS, Detector, all_detector_names, build_detector, check_names
+from .ood_groups import config_groups
+from .detectors.params import all_detector_names, check_names, detector_infos
+
+if TYPE_CHECKING:
+    from .detectors import Detector
 
 
 class OptimConfig(BaseModel):
@@ -202,13 +205,14 @@ class ScoresConfig(BaseModel):
     def _params(self) -> ScoresConfig:
         extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
         errors: list[InitErrorDetails] = []
+        infos = detector_infos()
         for name in [*extra, *(n for n in self.use if n not in extra)]:
-            if name not in DETECTORS:
+            if name not in infos:
                 errors.append(InitErrorDetails(type="value_error", loc=(name,), input=extra[name],
                                                ctx={"error": f"unknown score {name!r}; choose from {all_detector_names()}"}))
                 continue
             try:
-                extra[name] = DETECTORS[name].Params.model_validate(extra.get(name) or {}).model_dump()
+                extra[name] = infos[name].Params.model_validate(extra.get(name) or {}).model_dump()
             except ValidationError as e:
                 errors += [InitErrorDetails(type=err["type"], loc=(name, *err["loc"]), input=err["input"],
                                             ctx=err.get("ctx", {})) for err in e.errors()]
@@ -223,6 +227,8 @@ class ScoresConfig(BaseModel):
 
     def detectors(self) -> list[Detector]:
         """Fresh, unfitted detectors of ``use``, with their configured hyperparameters."""
+        from .detectors import build_detector
+
         return [build_detector(n, self.params(n)) for n in self.use]
 
     def subset(self, names: list[str]) -> ScoresConfig:
@@ -250,8 +256,9 @@ class DemoConfig(_Strict):
     @field_validator("track_scores")
     @classmethod
     def _scores(cls, v: list[str]) -> list[str]:
-        fitted = [n for n in check_names(v) if DETECTORS[n].needs_fit or DETECTORS[n].needs_classifier
-                  or DETECTORS[n].needs_inputs]
+        infos = detector_infos()
+        fitted = [n for n in check_names(v) if infos[n].needs_fit or infos[n].needs_classifier
+                  or infos[n].needs_inputs]
         if fitted:  # tracking scores the logits of each checkpoint, with no fit and no extra pass
             raise ValueError(f"{fitted} cannot be tracked along training; use logit scores (MSP, Energy, MaxLogit, GEN)")
         return v

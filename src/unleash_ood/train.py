@@ -139,15 +139,22 @@ def _step_model(model: nn.Module, device: torch.device) -> nn.Module:
     return wrapped
 
 
+@dataclass(frozen=True)
+class TrainScope:
+    """What a training optimizes (``params``; None: all the model's parameters) and the mode it sets each
+    epoch (``train_mode``; None: ``model.train()``). UMAP trains only its mask scores, BatchNorm frozen."""
+
+    params: Iterable[nn.Parameter] | None = None
+    train_mode: Callable[[nn.Module], None] | None = None
+
+
 def train(model: nn.Module, batches: Iterable, cfg: OptimConfig, step_loss: StepLoss = ce_step,
-          params: Iterable[nn.Parameter] | None = None,
-          on_epoch_end: Callable[[int, dict], None] | None = None,
-          train_mode: Callable[[nn.Module], None] | None = None, desc: str = "train",
-          state: ResumeState | None = None) -> list[dict]:
+          on_epoch_end: Callable[[int, dict], None] | None = None, desc: str = "train",
+          state: ResumeState | None = None, scope: TrainScope | None = None) -> list[dict]:
     """Run ``cfg.epochs`` epochs of ``step_loss`` over ``batches``; return one record per epoch.
 
-    ``params`` defaults to all model parameters; ``train_mode`` defaults to ``model.train()``
-    (UMAP passes a mode that keeps BatchNorm statistics frozen). ``on_epoch_end(epoch, record)``
+    ``scope``: the parameters optimized and the train mode (default: all parameters, ``model.train()``;
+    see :class:`TrainScope`). ``on_epoch_end(epoch, record)``
     runs after every epoch (evaluation, checkpoints). A NaN/inf objective stops training with
     :class:`NonFiniteLossError` before the optimizer applies it. ``state``: save a resumable state
     after every epoch and/or resume from it (:class:`ResumeState`).
@@ -163,7 +170,8 @@ def train(model: nn.Module, batches: Iterable, cfg: OptimConfig, step_loss: Step
     if world > 1:
         batches = runtime.ShardedBatches(batches, runtime.rank(), world)
     steps = len(batches) if hasattr(batches, "__len__") else 1
-    opt, sched = make_optimizer(model.parameters() if params is None else params, cfg, steps)
+    scope = scope or TrainScope()
+    opt, sched = make_optimizer(model.parameters() if scope.params is None else scope.params, cfg, steps)
     history: list[dict] = []
     start, t0, earlier_s = 1, time.perf_counter(), 0.0
     if state is not None and state.resume and (state.path.is_file() or world > 1):
@@ -188,7 +196,7 @@ def train(model: nn.Module, batches: Iterable, cfg: OptimConfig, step_loss: Step
                 state.restore(json.loads(saved["extra"]))
     step_model = _step_model(model, device)
     for epoch in range(start, cfg.epochs + 1):
-        (train_mode or nn.Module.train)(model)
+        (scope.train_mode or nn.Module.train)(model)
         total, total_ce, n = 0.0, 0.0, 0
         bar = tqdm(batches, desc=f"{desc} {epoch}/{cfg.epochs}", leave=False, total=steps,
                    disable=not runtime.is_primary())

@@ -20,8 +20,8 @@ from torch import nn
 from ..checkpoint import atomic_write, load_masks, save_masks, save_model
 from ..config import DataConfig, DemoConfig
 from ..errors import UserError
-from ..pipeline import (Prepared, build, evaluate_models, load_checkpoint, model_meta, prepare_data, resolve_zeta,
-                        run_um, run_umap, say, train_base)
+from ..pipeline import (BaseTraining, Prepared, build, evaluate_models, load_checkpoint, model_meta, prepare_data,
+                        resolve_zeta, run_um, run_umap, say, train_base)
 from ..report import write_json
 
 
@@ -137,8 +137,7 @@ class Context:
             write_json(d / "config.json", key)
             torch.manual_seed(cfg.seed)
             model = add_fc_dropout(build(cfg.model, self.prep.id.num_classes), dropout)
-            log = train_base(model, self.prep, optim, d, eval_every, cfg.track_scores, cfg.data.augment, cfg.seed,
-                             cfg.model)
+            log = train_base(model, self.prep, BaseTraining.of(cfg, optim, eval_every), d)
             return {"epochs": [r["epoch"] for r in log]}
 
         self.subrun(d, label, run)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..ood_groups import GROUPS, check_group  # noqa: F401  (re-exported)
 from .images import local_rng, resize, to_image_format
 
-GROUPS: tuple[str, ...] = ("near", "far")
 TEXTURE_PICTURES: tuple[str, ...] = ("brick", "grass", "gravel")
 PHOTO_PICTURES: tuple[str, ...] = (
     "camera", "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
@@ -63,13 +63,6 @@ class BuiltinSet:
 
     def __post_init__(self) -> None:
         check_group(self.group, f"OOD set {self.name!r}")
-
-
-def check_group(group: str, where: str) -> str:
-    """``group`` if it is ``near`` or ``far``; otherwise one :class:`UserError` naming ``where``."""
-    if group not in GROUPS:
-        raise UserError(f"{where}: unknown OOD group {group!r}; use one of {', '.join(GROUPS)}")
-    return group
 
 
 def _rng(req: Request, name: str) -> np.random.Generator:

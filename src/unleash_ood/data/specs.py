@@ -10,7 +10,7 @@ listed under. See :func:`group_specs` and :func:`config_groups`.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +18,12 @@ import torch
 from tqdm import tqdm
 
 from ..errors import UserError
-from .builtin import BUILTIN, GROUPS, Request, Sources, builtin_group, check_group, load_builtin
+from ..ood_groups import DEFAULT_FAR, DEFAULT_NEAR, config_groups, group_specs  # noqa: F401  (re-exported)
+from .builtin import BUILTIN, Request, Sources, load_builtin
 from .images import (IMAGE_EXTENSIONS, check_count, check_image_shape, check_seed, image_files, read_image,
                      to_image_format)
 
 SPEC_FORMS = "npz:PATH (an .npz file with an 'images' array) or folder:PATH (image files, searched recursively)"
-# the default suite when neither data.near, data.far nor data.ood is set
-DEFAULT_NEAR: tuple[str, ...] = ("glyphs", "digits")
-DEFAULT_FAR: tuple[str, ...] = ("textures", "photos", "gaussian", "uniform")
 
 _PROGRESS_MIN_FILES = 100
 
@@ -83,53 +81,6 @@ def load_ood_suite(specs: Sequence[str], image_shape: tuple[int, int, int] = (1,
             raise UserError(f"OOD specs {first!r} and {specs[i]!r} share the display name {name!r}; "
                             "rename one file or folder")
     return {name: load_ood(spec, image_shape, seed, n, sources) for name, spec in zip(names, specs)}
-
-
-# --------------------------------------------------------------------------- groups
-
-
-def group_specs(by_group: Mapping[str, Sequence[str]], suite_names: bool = False) -> list[tuple[str, str]]:
-    """``(spec, group)`` pairs from specs listed per group (``{"near": [...], "far": [...]}``), in order.
-
-    A built-in keeps its own group wherever it is listed; other specs take the group they are listed
-    under (with ``suite_names``, the CIFAR suite's names count as such specs, not as built-ins). A spec
-    listed twice counts once, at its first place. An unknown group raises :class:`UserError`.
-    """
-    from .suite import is_suite_name
-
-    out: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for group, specs in by_group.items():
-        check_group(group, "OOD specs")
-        for spec in specs:
-            key = spec.strip().lower() if ":" not in spec else spec.strip()
-            if key in seen:
-                continue
-            seen.add(key)
-            own = None if suite_names and is_suite_name(spec) else builtin_group(spec)
-            out.append((spec, own or group))
-    return out
-
-
-def config_groups(near: Sequence[str] | None, far: Sequence[str] | None, ood: Sequence[str] = (),
-                  dataset: str = "fashion_mnist") -> list[tuple[str, str]]:
-    """The ``(spec, group)`` pairs a data config evaluates on.
-
-    ``near``/``far`` None means the default (``DEFAULT_NEAR``/``DEFAULT_FAR``) unless ``ood`` is given:
-    ``ood`` alone (the pre-groups key) is exactly the suite, as before, each spec in the far group
-    except built-ins, which keep theirs; ``ood`` next to ``near``/``far`` adds far specs.
-    """
-    from .suite import uses_suite
-
-    if ood and near is None and far is None:
-        near, far = (), ()
-    near = DEFAULT_NEAR if near is None else near
-    far = DEFAULT_FAR if far is None else far
-    pairs = group_specs({"near": near, "far": [*far, *ood]}, suite_names=uses_suite(dataset=dataset))
-    pairs.sort(key=lambda pair: GROUPS.index(pair[1]))  # near first; stable otherwise
-    if not pairs:
-        raise UserError("no OOD sets: list at least one under data.near, data.far or data.ood")
-    return pairs
 
 
 # --------------------------------------------------------------------------- user specs

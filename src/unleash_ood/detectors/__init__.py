@@ -1,18 +1,30 @@
-"""OOD detectors behind one protocol (see :mod:`.base`); importing this package registers them all."""
+"""OOD detectors behind one protocol (see :mod:`.base`).
 
-from . import activation, distance, feature, logit, subspace  # noqa: F401  (registration)
-from .base import DETECTORS, Detector, FitData, Params, build_detector, check_names, register
+Importing the package is light (no torch): the hyperparameters and flags live in :mod:`.params`, and the
+torch-backed registry and detector classes load on first use of a name such as ``DETECTORS``.
+"""
 
-# Every built-in detector in table order: logit scores, feature scores, activation shaping.
-TABLE_ORDER = ("MSP", "ODIN", "Energy", "MaxLogit", "GEN", "Mahalanobis", "KNN", "ViM", "ReAct", "ASH-S",
-               "ASH-B", "Scale", "DICE", "fDBD")
-DEFAULT_SCORES = TABLE_ORDER
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .params import DEFAULT_SCORES, TABLE_ORDER, Params, all_detector_names, check_names
+
+_FROM_BASE = ("DETECTORS", "Detector", "FitData", "build_detector", "register", "load_builtins")
+_MODULES = ("activation", "base", "distance", "feature", "logit", "subspace")
 
 
-def all_detector_names() -> list[str]:
-    """Every registered detector: the built-ins in table order, then any registered later."""
-    return [n for n in TABLE_ORDER if n in DETECTORS] + [n for n in DETECTORS if n not in TABLE_ORDER]
+def __getattr__(name: str) -> Any:
+    """Load the torch-backed registry (all built-in detectors registered) on first use."""
+    if name in _FROM_BASE:
+        base = importlib.import_module(f"{__name__}.base")
+        base.load_builtins()
+        return getattr(base, name)
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["DEFAULT_SCORES", "DETECTORS", "TABLE_ORDER", "Detector", "FitData", "Params", "all_detector_names",
-           "build_detector", "check_names", "register"]
+           "build_detector", "check_names", "load_builtins", "register"]

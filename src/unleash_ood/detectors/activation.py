@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from ..scores import energy_score
-from .base import Detector, FitData, Params, PercentileParams, classifier_stats, linear, register
+from .base import Detector, FitData, classifier_stats, linear, register
+from .params import PercentileParams, ScaleParams
 
 
 def kept_count(n: int, percentile: float) -> int:
@@ -116,10 +116,6 @@ class ASHB(_Shaping):
 
     def shape(self, features: torch.Tensor) -> torch.Tensor:
         return ash_b(features, self.kept)
-
-
-class ScaleParams(Params):
-    percentile: float = Field(85.0, gt=0, lt=100)
 
 
 @register

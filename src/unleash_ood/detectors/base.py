@@ -7,29 +7,26 @@
 - ``state_dict()`` / ``load_state_dict()`` carry every fitted statistic as tensors (saved as safetensors).
 
 ODIN is the one detector with its own gradient pass over the inputs (``needs_inputs``).
-One registry (``DETECTORS``) serves config validation, the CLI, the reports and the Python API.
+One registry (``DETECTORS``) serves the CLI, the reports and the Python API; config validation reads the
+torch-free table of :mod:`.params` (the same Params classes and flags).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from ..errors import UserError
+from .params import Params, PercentileParams, check_names  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from ..deploy import OODDetector
-
-
-class Params(BaseModel):
-    """A detector's hyperparameters (none by default). Subclasses add validated fields."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass
@@ -111,12 +108,6 @@ class Detector:
         return f"{type(self).__name__}({args})"
 
 
-class PercentileParams(Params):
-    """A percentile p in (0, 100) (exclusive)."""
-
-    percentile: float = Field(90.0, gt=0, lt=100)
-
-
 def classifier_stats(data: FitData) -> dict[str, torch.Tensor]:
     """The effective classifier layer as stats (a zero bias where the layer has none)."""
     bias = data.bias if data.bias is not None else torch.zeros(data.weight.shape[0])
@@ -135,6 +126,14 @@ def fit_error(name: str, key: str, value: Any, why: str) -> UserError:
 
 
 DETECTORS: dict[str, type[Detector]] = {}
+BUILTIN_MODULES = ("logit", "feature", "distance", "subspace", "activation")
+
+
+def load_builtins() -> dict[str, type[Detector]]:
+    """Import the built-in detector modules (they register themselves); the package imports them lazily."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    return DETECTORS
 
 
 def register(cls: type[Detector]) -> type[Detector]:
@@ -145,17 +144,10 @@ def register(cls: type[Detector]) -> type[Detector]:
 
 def build_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
     """A fresh (unfitted) detector by registry name."""
+    load_builtins()
     if name not in DETECTORS:
         raise UserError(f"unknown score {name!r}; choose from {', '.join(DETECTORS)}")
     return DETECTORS[name](**(params or {}))
-
-
-def check_names(names: list[str]) -> list[str]:
-    """Validate score names against the registry (config validators raise ValueError)."""
-    bad = [n for n in names if n not in DETECTORS]
-    if bad:
-        raise ValueError(f"unknown score(s) {bad}; choose from {list(DETECTORS)}")
-    return names
 
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

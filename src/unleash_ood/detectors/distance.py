@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-from pydantic import Field
 
-from .base import Detector, FitData, Params, fit_error, register
+from .base import Detector, FitData, fit_error, register
+from .params import KNNParams
 
 QUERY_CHUNK = 1024
 BANK_CHUNK = 8192  # QUERY_CHUNK × BANK_CHUNK float32 distances: 32 MiB at most
@@ -45,10 +45,6 @@ def faiss_kth_nearest_distance(queries: torch.Tensor, bank: torch.Tensor, k: int
     index.add(bank.detach().cpu().float().contiguous().numpy())
     d2, _ = index.search(queries.detach().cpu().float().contiguous().numpy(), k)
     return torch.from_numpy(d2[:, k - 1]).clamp_min(0.0).sqrt().to(queries.device)
-
-
-class KNNParams(Params):
-    k: int = Field(50, ge=1)
 
 
 @register

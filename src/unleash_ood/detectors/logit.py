@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from ..scores import energy_score, max_logit_score, msp_score, odin_score
-from .base import Detector, Params, register
+from .base import Detector, register
+from .params import EnergyParams, GENParams, ODINParams
 
 
 @register
@@ -30,10 +30,6 @@ class MaxLogit(Detector):
         return max_logit_score(logits)
 
 
-class EnergyParams(Params):
-    temperature: float = Field(1.0, gt=0)
-
-
 @register
 class Energy(Detector):
     """Negative free energy ``T · logsumexp(z / T)`` (Liu et al., 2020)."""
@@ -43,11 +39,6 @@ class Energy(Detector):
 
     def score(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return energy_score(logits, self.params.temperature)
-
-
-class ODINParams(Params):
-    temperature: float = Field(1000.0, gt=0)
-    epsilon: float = Field(0.0014, ge=0)
 
 
 @register
@@ -68,11 +59,6 @@ def gen_score(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> tor
     p = logits.double().softmax(1)
     top = p.sort(dim=1, descending=True).values[:, :top_m]  # a slice, not min(M, C): traces without a branch
     return -(top.pow(gamma) * (1.0 - top).pow(gamma)).sum(1)
-
-
-class GENParams(Params):
-    gamma: float = Field(0.1, gt=0)
-    M: int = Field(100, ge=1, description="number of top probabilities (capped at the number of classes)")
 
 
 @register

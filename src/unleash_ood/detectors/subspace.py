@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
 from ..scores import energy_score
-from .base import Detector, FitData, Params, classifier_stats, fit_error, register
+from .base import Detector, FitData, classifier_stats, fit_error, register
+from .params import ViMParams
 
 
 def vim_default_dim(feature_size: int) -> int:
@@ -32,10 +32,6 @@ def vim_score(logits: torch.Tensor, features: torch.Tensor, stats: dict[str, tor
     """ViM: ``energy(z) − α · ‖(h − u) projected outside the principal subspace‖``."""
     residual = (features - stats["origin"].to(features)) @ stats["residual_basis"].to(features)
     return energy_score(logits) - stats["alpha"].to(features) * residual.norm(dim=1)
-
-
-class ViMParams(Params):
-    dim: int | None = Field(None, ge=1, description="principal subspace dimension D (default from the feature size)")
 
 
 @register

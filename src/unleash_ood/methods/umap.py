@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..masking import add_popup_masks, check_keep_ratio, maskable_layers, popup_binary_masks, remove_masks
-from ..train import OptimConfig, StepLoss, train
+from ..train import OptimConfig, StepLoss, TrainScope, train
 from .um import check_zeta, flooding_step
 
 
@@ -61,8 +61,8 @@ def learn_mask(model: nn.Module, batches: Iterable, step_loss: StepLoss, keep_ra
         params = add_popup_masks(model, keep_ratio, init=init, seed=seed)
         if hooks.on_start is not None:
             hooks.on_start()
-        history = train(model, batches, cfg, step_loss, params=params, train_mode=frozen_eval_mode,
-                        on_epoch_end=hooks.on_epoch_end, desc=hooks.desc)
+        history = train(model, batches, cfg, step_loss, on_epoch_end=hooks.on_epoch_end, desc=hooks.desc,
+                        scope=TrainScope(params, frozen_eval_mode))
         masks = popup_binary_masks(model)
         scores = {name: s.detach().clone() for name, s in zip(maskable_layers(model), params)}
     finally:
