@@ -11,9 +11,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from unleash_ood.evaluate import TensorBatches, collect_outputs, score_outputs
+from unleash_ood.evaluate import TensorBatches, collect_outputs, fit_detectors, make_detectors, score_outputs
 from unleash_ood.models import build_model
-from unleash_ood.scores import Mahalanobis
 
 SCORES = ["MSP", "Energy", "MaxLogit", "Mahalanobis"]
 
@@ -33,11 +32,11 @@ def main() -> None:
     model = build_model("small_cnn", 10, width=16).to(memory_format=torch.channels_last).eval()
     x = torch.rand(10_000, 1, 28, 28)
     batches = TensorBatches(x, None, 512)
-    out = collect_outputs(model, batches)
-    maha = Mahalanobis.fit(out.features, torch.arange(len(x)) % 10, 10)
+    detectors = make_detectors(SCORES)
+    fit_detectors(model, detectors, TensorBatches(x, torch.arange(len(x)) % 10, 512))
 
-    one_pass = timed(lambda: score_outputs(collect_outputs(model, batches), SCORES, maha))
-    per_score = timed(lambda: [score_outputs(collect_outputs(model, batches), [s], maha) for s in SCORES])
+    one_pass = timed(lambda: score_outputs(collect_outputs(model, batches), detectors))
+    per_score = timed(lambda: [score_outputs(collect_outputs(model, batches), [d]) for d in detectors])
     print(f"scores {SCORES} on 10k images: one pass {one_pass:.2f}s, one pass per score {per_score:.2f}s, "
           f"ratio {per_score / one_pass:.2f}x")
 
