@@ -86,7 +86,7 @@ class UMConfig(_Strict):
     ``zeta_estimator`` (mean, median, trimmed_mean; see ``methods.um.robust_zeta``) over ``zeta_draws``
     mask draws, unless ``zeta`` is given."""
 
-    keep_ratio: float = Field(0.97, gt=0, le=1, validation_alias=AliasChoices("keep_ratio", "mask_ratio"))
+    keep_ratio: float = Field(0.99, gt=0, le=1, validation_alias=AliasChoices("keep_ratio", "mask_ratio"))
     zeta: float | None = Field(None, ge=0)
     zeta_draws: int = Field(5, ge=1)
     zeta_estimator: Literal["mean", "median", "trimmed_mean"] = "median"
