@@ -67,7 +67,8 @@ def test_demo_quick_writes_every_result(demo_run: Path) -> None:
 @pytest.mark.slow
 def test_demo_quick_over_two_seeds(tmp_path: Path, capsys) -> None:
     out = tmp_path / "seeds"
-    assert main(["demo", "--quick", "--seeds", "0", "1", "--out", str(out)]) == 0
+    tiny = [*SMALL, "scores=[MSP, Energy, Mahalanobis]", "save_features=false"]
+    assert main(["demo", "--quick", "--seeds", "0", "1", "--out", str(out), *tiny]) == 0
     for s in (0, 1):
         cfg = json.loads((out / f"seed{s}" / "config.json").read_text())
         assert cfg["seed"] == s and cfg["data"]["seed"] == s
@@ -85,7 +86,7 @@ def test_demo_quick_over_two_seeds(tmp_path: Path, capsys) -> None:
     assert "Near and far OOD" in capsys.readouterr().out
     # a re-run reuses both finished seeds; a repeated seed is refused
     stamp = (out / "seed0" / "results.json").stat().st_mtime_ns
-    assert main(["demo", "--quick", "--seeds", "0", "1", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--seeds", "0", "1", "--out", str(out), *tiny]) == 0
     assert (out / "seed0" / "results.json").stat().st_mtime_ns == stamp
     assert main(["demo", "--quick", "--seeds", "1", "1", "--out", str(out)]) == 2
     assert "repeated seed" in capsys.readouterr().err
