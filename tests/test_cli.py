@@ -54,7 +54,7 @@ def test_demo_quick_writes_every_result(demo_run: Path) -> None:
     assert zeta["estimator"] == "median" and zeta["value"] == zeta["median"] == pytest.approx(np.median(zeta["values"]))
     assert load_tensors(demo_run / "checkpoints/um.safetensors")[1]["zeta"] == pytest.approx(zeta["value"])
     assert all({"group", "fpr95_ood_positive"} <= set(r) for r in records)
-    assert {r["ood"] for r in records if r["group"] == "aggregate"} == {"far", "mean"}  # built-in sets: far
+    assert {r["ood"] for r in records if r["group"] == "aggregate"} == {"near", "far", "mean"}  # default suite: both groups
     masks, meta = load_masks(demo_run / "checkpoints/umap_mask.safetensors")
     assert meta["keep_ratio"] == 0.8
     assert all(abs(m.float().mean().item() - 0.8) < 0.01 for m in masks.values())
