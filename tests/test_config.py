@@ -22,7 +22,7 @@ def test_explicit_values_beat_the_quick_preset(capsys, tmp_path):
     assert quick["base"]["epochs"] == 3 and quick["data"]["train_size"] == 2000 and quick["eval_every"] == 1
     chosen = _effective(capsys, ["--quick", "base.epochs=40", "um.optim.epochs=4"])
     assert chosen["base"]["epochs"] == 40 and chosen["um"]["optim"]["epochs"] == 4
-    assert chosen["data"]["train_size"] == 2000 and chosen["um"]["zeta_draws"] == 2  # the rest of the preset
+    assert chosen["data"]["train_size"] == 2000 and chosen["um"]["zeta_draws"] == 3  # the rest of the preset
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("data:\n  train_size: 500\numap:\n  optim:\n    epochs: 7\n")
     from_file = _effective(capsys, ["--quick", "--config", str(cfg_file)])

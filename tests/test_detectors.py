@@ -266,8 +266,8 @@ def test_statistics_are_fitted_per_model_never_reused(trained_cnn, fmnist_small)
     # a detector fitted on the base, applied to the tuned model, would score differently
     test = collect_outputs(tuned, TensorBatches(fmnist_small[2][:96]))
     for base_det in ev_base.detectors:
-        assert not torch.allclose(base_det.score(test.logits, test.features),
-                                  torch.as_tensor(ev_tuned.scores["id"][base_det.name]).to(test.logits.dtype)), base_det.name
+        assert not torch.allclose(base_det.score(test.logits, test.features).double(),
+                                  torch.as_tensor(ev_tuned.scores["id"][base_det.name]).double()), base_det.name
 
 
 def test_umap_mask_statistics_use_the_masked_classifier(trained_cnn, fmnist_small) -> None:

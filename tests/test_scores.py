@@ -137,7 +137,7 @@ def test_mahalanobis_near_means_score_higher() -> None:
     assert (near_s > -0.1).all()
     assert near_s.min() > far_s.max()
     # exactly at a class mean the distance is zero
-    torch.testing.assert_close(maha.score(None, means), torch.zeros(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(maha.score(None, means), torch.zeros(3, dtype=means.dtype), atol=1e-4, rtol=0)
 
 
 def test_mahalanobis_needs_all_classes() -> None:
