@@ -71,3 +71,14 @@ def assert_state_equal(model: nn.Module, reference: dict[str, torch.Tensor]) -> 
     for k, v in reference.items():
         assert state[k].dtype == v.dtype, k
         assert torch.equal(state[k], v), f"{k} changed"
+
+
+def randomize_bn(model: nn.Module, seed: int) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters (a freshly built model has identities)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)

@@ -22,6 +22,7 @@ from unleash_ood.detectors import FitData, build_detector
 from unleash_ood.evaluate import TensorBatches, collect_outputs
 from unleash_ood.pipeline import load_checkpoint
 from unleash_ood.scores import odin_score
+from conftest import randomize_bn
 
 
 @pytest.fixture(scope="module")
@@ -121,23 +122,13 @@ def test_fdbd(setup) -> None:
     _close(_ours("fDBD", data, test), -theirs, rtol=1e-4)
 
 
-def _randomize_bn(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-
-
 def test_matches_pytorch_ood_wide_resnet(tmp_path) -> None:
     """Its WideResNet (normalized input) == our converted wrn40_2 ([0, 1] input)."""
     from pytorch_ood.model import WideResNet
 
     entry = pretrained.REGISTRY["wrn-40-2/cifar10/crossentropy"]
     ref = WideResNet(num_classes=10, depth=40, widen_factor=2, drop_rate=0.3).eval()
-    _randomize_bn(ref, 2)
+    randomize_bn(ref, 2)
     src = tmp_path / "ref.pt"
     torch.save(ref.state_dict(), src)
     out = pretrained.import_state_dict(src, "wrn40_2", 10, {"mean": list(entry.mean), "std": list(entry.std)})

@@ -18,6 +18,7 @@ from unleash_ood.checkpoint import load_tensors
 from unleash_ood.errors import UserError
 from unleash_ood.models import build_model
 from unleash_ood.pipeline import load_checkpoint
+from conftest import randomize_bn
 
 NAME = "wrn-40-2/cifar10/crossentropy"
 
@@ -31,23 +32,13 @@ def to_pytorch_ood_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def _randomize_bn(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-
-
 @pytest.fixture()
 def source(tmp_path, monkeypatch):
     """A WRN-40-2 (with the entry's normalization) saved in pytorch-ood's format into a temp cache."""
     torch.manual_seed(0)
     entry = pretrained.REGISTRY[NAME]
     model = build_model("wrn40_2", 10, mean=entry.mean, std=entry.std).eval()
-    _randomize_bn(model, 1)
+    randomize_bn(model, 1)
     cache = tmp_path / "cache"
     cache.mkdir()
     state = to_pytorch_ood_keys(model.state_dict())
