@@ -67,11 +67,15 @@ def test_quick_analysis_writes_figures_and_tables(name: str, root: Path) -> None
 
     if name == "once-covered":
         rows = table(out, "once_covered")
-        assert sorted({r["schedule"] for r in rows}) == sorted(SCHEDULES)
-        assert len(rows) == len(SCHEDULES) * 2  # Energy and MSP
-        for r in rows:
-            assert 1 <= r["best_epoch"] <= r["final_epoch"] and r["val_selected_epoch"] <= r["final_epoch"]
-            assert r["best_FPR95"] <= r["final_FPR95"]
+        assert {r["schedule"] for r in rows} == set(cfg["params"]["schedules"])
+        assert len(rows) == len(cfg["params"]["schedules"]) * 2 * 3  # Energy, MSP × final / val-selected / test-best
+        for sched in cfg["params"]["schedules"]:
+            for score in ("Energy", "MSP"):
+                kind = {r["epoch_kind"]: r for r in rows if r["schedule"] == sched and r["score"] == score}
+                final = kind["final"]
+                assert kind["val-selected"]["epoch"] <= final["epoch"] and kind["test-best (upper bound)"]["epoch"] <= final["epoch"]
+                assert kind["test-best (upper bound)"]["FPR95"] <= final["FPR95"]
+                assert final["near_FPR95"] is not None and final["far_FPR95"] is not None
     elif name == "keep-ratio":
         rows = table(out, "keep_ratio")
         assert sorted({r["keep_ratio"] for r in rows if r["method"] == "UM"}) == sorted(cfg["params"]["keep_ratios"])
@@ -85,8 +89,8 @@ def test_quick_analysis_writes_figures_and_tables(name: str, root: Path) -> None
     elif name == "overfitting":
         methods = list(dict.fromkeys(r["method"] for r in table(out, "overfitting")))
         assert methods[0] == "baseline" and methods[-2:] == ["UM", "UMAP"]
-        assert sum(m.startswith("weight decay") for m in methods) == 3
-        assert sum(m.startswith("dropout") for m in methods) == 3
+        assert sum(m.startswith("weight decay") for m in methods) == len(cfg["params"]["weight_decays"])
+        assert sum(m.startswith("dropout") for m in methods) == len(cfg["params"]["dropouts"])
         assert any("early stopping w. ACC" in m for m in methods) and any("val OOD" in m for m in methods)
     elif name == "typical-atypical":
         rows = [r for r in table(out, "typical_atypical") if r["size"]]
@@ -106,8 +110,9 @@ def test_quick_analysis_writes_figures_and_tables(name: str, root: Path) -> None
         layers = {r["layer"].split(" (")[0] for r in table(out, "weights")}
         assert layers == {"first conv", "middle conv", "classifier"}
     elif name == "score-hist":
-        models = {r["model"] for r in table(out, "score_hist")}
-        assert "UM" in models and "UMAP" in models and any("val-selected" in m for m in models)
+        rows = table(out, "score_hist")
+        assert {r["model"] for r in rows} == {"val-selected epoch", "final epoch", "UM", "UMAP"}
+        assert all(r["near_FPR95"] is not None and r["far_FPR95"] is not None for r in rows)
 
 
 def test_rerun_skips_finished_subruns(root: Path, capsys) -> None:
@@ -121,6 +126,17 @@ def test_rerun_skips_finished_subruns(root: Path, capsys) -> None:
     log = text.out + text.err
     assert "skipped" in log and "finished in" not in log
     assert {p: p.stat().st_mtime_ns for p in root.rglob("result.json")} == markers
+
+
+def test_overwrite_empties_out_and_keeps_the_shared_bases(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "weights"
+    assert run_cli(["reproduce", "weights", "--quick", "--out", str(out)]) == 0
+    (out / "stale.txt").write_text("old")
+    capsys.readouterr()
+    assert run_cli(["reproduce", "weights", "--quick", "--out", str(out), "--overwrite"]) == 0
+    log = capsys.readouterr()
+    assert not (out / "stale.txt").exists() and (out / "summary.json").is_file()
+    assert "UMAP" in log.out + log.err and "skipped" in log.out + log.err  # the shared base in OUT/.. was kept
 
 
 def test_unknown_name_exits_2(tmp_path: Path, capsys) -> None:
@@ -139,8 +155,12 @@ def test_unknown_parameter_exits_2(tmp_path: Path, capsys) -> None:
 def test_overrides_and_quick_in_config() -> None:
     cfg, params = build_config("keep-ratio", ["base.epochs=3", "analysis.keep_ratios=[0.9]"], quick=True)
     assert cfg.base.epochs == 3 and params["keep_ratios"] == [0.9] and cfg.data.train_size == 600
-    cfg, _ = build_config("keep-ratio")
-    assert cfg.data.train_size == 6000 and cfg.base.epochs == 20
+    cfg, _ = build_config("keep-ratio")  # the gallery runs at the demo's own scale
+    from unleash_ood.config import DemoConfig
+
+    assert cfg == DemoConfig()
+    cfg, _ = build_config("keep-ratio", seed=2)
+    assert cfg.seed == 2 and cfg.data.seed == 2
 
 
 def test_fc_dropout_hook_keeps_the_architecture() -> None:
@@ -173,7 +193,9 @@ def test_presets_runners_and_names_agree() -> None:
     assert set(quick["analyses"]) <= set(ANALYSES)
     for name, params in quick["analyses"].items():  # the quick preset only overrides known parameters
         assert set(params) <= set(gallery["analyses"][name]), name
-    assert list(gallery["analyses"]["once-covered"]["schedules"]) == list(SCHEDULES)
+    oc = gallery["analyses"]["once-covered"]
+    assert set(oc["schedules"] + oc["extra_schedules"]) <= set(SCHEDULES)
+    assert set(gallery["seeded"]) == {"once-covered", "score-hist", "keep-ratio", "finetune-epochs"}
 
 
 def test_parser_module_imports_neither_matplotlib_nor_the_analyses() -> None:
@@ -185,3 +207,63 @@ def test_parser_module_imports_neither_matplotlib_nor_the_analyses() -> None:
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_verdicts_follow_the_interval_of_paired_differences() -> None:
+    from unleash_ood.analyses.seeds import verdict
+
+    assert verdict([-5.0, -6.0, -5.5])[0] == "held"  # consistently lower: the paper's direction
+    assert verdict([5.0, 6.0, 5.5])[0] == "did not hold"
+    assert verdict([-20.0, 1.0, -3.0])[0] == "within noise"
+    v, half = verdict([-1.0, -3.0])
+    assert v == "within noise" and half == pytest.approx(12.706, rel=1e-3)  # t(0.975, 1) · sd / √2, sd = √2
+    assert verdict([-4.0])[0] == "one seed"
+
+
+def test_aggregate_rows_over_seeds() -> None:
+    from unleash_ood.analyses.seeds import aggregate_rows
+
+    seed0 = [{"method": "UM", "keep_ratio": 0.9, "FPR95": 10.0, "epoch": 3}, {"method": "base", "keep_ratio": 1.0, "FPR95": 20.0, "epoch": 0}]
+    seed1 = [{"method": "UM", "keep_ratio": 0.9, "FPR95": 14.0, "epoch": 5}]
+    rows = aggregate_rows([seed0, seed1], ("method", "keep_ratio"))
+    um, base = rows
+    assert um["FPR95"] == 12.0 and um["FPR95_std"] == pytest.approx(2 ** 0.5 * 2) and um["n_seeds"] == 2
+    assert um["epoch"] == 4.0 and base["n_seeds"] == 1 and base["FPR95_std"] == 0.0
+
+
+def test_seeds_give_mean_std_tables_claims_bands_and_a_gallery(tmp_path: Path) -> None:
+    from unleash_ood.analyses.gallery import write_gallery
+
+    for name, extra in (("once-covered", ["analysis.extra_schedules=[linear]"]), ("keep-ratio", [])):
+        assert run_cli(["reproduce", name, "--quick", "--seeds", "0", "1", "--out", str(tmp_path / name), *extra]) == 0
+    oc = json.loads((tmp_path / "once-covered" / "summary.json").read_text())
+    assert oc["seeds"] == [0, 1] and {p for p in oc["pngs"]} >= {"once_covered_bands_energy.png", "once_covered_bands_msp.png"}
+    seed_rows = [json.loads((tmp_path / "once-covered" / f"seed{s}" / "once_covered.json").read_text()) for s in (0, 1)]
+    assert {r["schedule"] for r in seed_rows[0]} == {"cosine", "linear"}  # the extra schedule: first seed only
+    assert {r["schedule"] for r in seed_rows[1]} == {"cosine"}
+    n = {(r["schedule"], r["score"], r["epoch_kind"]): r["n_seeds"] for r in oc["rows"]}
+    assert n[("cosine", "Energy", "final")] == 2 and n[("linear", "Energy", "final")] == 1
+    final = {s: next(r for r in seed_rows[s] if (r["schedule"], r["score"], r["epoch_kind"]) == ("cosine", "Energy", "final"))
+             for s in (0, 1)}
+    agg = next(r for r in oc["rows"] if (r["schedule"], r["score"], r["epoch_kind"]) == ("cosine", "Energy", "final"))
+    assert agg["near_FPR95"] == pytest.approx((final[0]["near_FPR95"] + final[1]["near_FPR95"]) / 2)
+    claim = next(c for c in oc["claims"] if c["claim"] == "cosine, Energy: val-selected epoch vs final" and c["metric"] == "far_FPR95")
+    vs = {s: next(r for r in seed_rows[s] if (r["schedule"], r["score"], r["epoch_kind"]) == ("cosine", "Energy", "val-selected"))
+          for s in (0, 1)}
+    assert claim["per_seed"] == [round(vs[s]["far_FPR95"] - final[s]["far_FPR95"], 2) for s in (0, 1)]
+    assert claim["verdict"] in ("held", "did not hold", "within noise") and claim["seeds"] == [0, 1]
+    assert next(c for c in oc["claims"] if c["claim"].startswith("linear"))["verdict"] == "one seed"
+
+    kr = json.loads((tmp_path / "keep-ratio" / "summary.json").read_text())
+    assert (tmp_path / "keep-ratio" / "keep_ratio_bands.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "keep-ratio" / "keep_ratio_claims.md").is_file()
+    assert {c["claim"] for c in kr["claims"]} >= {"Energy: UM keep 0.95 vs base", "MSP: UM keep 0.8 vs base"}
+
+    docs = tmp_path / "docs" / "gallery"
+    docs.mkdir(parents=True)
+    write_gallery(tmp_path, docs, appendix=Path(__file__).parents[1] / "docs" / "gallery_small_model.md")
+    text = (tmp_path / "docs" / "gallery.md").read_text()
+    assert "## once-covered" in text and "## keep-ratio" in text and "## Verdicts at a glance" in text
+    assert "val-selected epoch vs final" in text and "upper bound" in text
+    assert "](gallery/once-covered_once_covered_bands_energy.png)" in text
+    assert "## A model that does not memorize" in text  # the small-model gallery, one heading level down

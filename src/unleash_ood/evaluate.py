@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -180,6 +181,7 @@ class Evaluation:
     id_acc: float
     detectors: list[Detector] = field(default_factory=list)
     features: dict[str, torch.Tensor] | None = None
+    id_ce: float = float("nan")
 
     def records(self, model_name: str, groups: Mapping[str, str] | None = None) -> list[dict]:
         """Metric records per (score, OOD set), then aggregate records per score.
@@ -204,13 +206,14 @@ class Evaluation:
 
 def evaluate(model: nn.Module, id_test: Iterable, ood_sets: dict[str, Iterable],
              scores: Iterable[str | Detector] = DEFAULT_SCORES, train: Iterable | None = None,
-             num_classes: int | None = None, keep_features: bool = False) -> Evaluation:
+             num_classes: int | None = None, keep_features: bool = False, progress: bool = True) -> Evaluation:
     """Score the labelled ID test batches and each OOD set with every requested detector.
 
     Detectors are fitted here, on ``model`` as it is (masks included), from one pass over ``train``
     (labelled batches; needed by the feature detectors); a fitted detector passed in is copied, never
     reused. ``num_classes``, if given, is checked against the classifier. ``keep_features`` keeps the
-    penultimate features of every set in ``Evaluation.features``.
+    penultimate features of every set in ``Evaluation.features``. ``progress`` False: no progress bars
+    (an evaluation inside a training loop).
     """
     detectors = make_detectors(scores)
     if num_classes is not None and classifier_params(model)[0].shape[0] != num_classes:
@@ -218,17 +221,18 @@ def evaluate(model: nn.Module, id_test: Iterable, ood_sets: dict[str, Iterable],
     train_out = fit_detectors(model, detectors, train, keep_pass=keep_features)
     features: dict[str, torch.Tensor] = {}
     result: dict[str, dict[str, np.ndarray]] = {}
-    id_acc = float("nan")
+    id_acc = id_ce = float("nan")
     for name, batches in {"id": id_test, **ood_sets}.items():
-        out = collect_outputs(model, batches, desc=f"eval {name}")
+        out = collect_outputs(model, batches, desc=f"eval {name}" if progress else None)
         if name == "id":
             if out.labels is None:
                 raise UserError("the ID test batches must carry labels (x, y)")
             id_acc = accuracy(out.logits.numpy(), out.labels.numpy())
+            id_ce = float(F.cross_entropy(out.logits, out.labels))
         by_score = score_outputs(out, detectors)
         for d in detectors:
             if d.needs_inputs:
-                by_score[d.name] = input_scores(model, batches, d, desc=f"{d.name} {name}")
+                by_score[d.name] = input_scores(model, batches, d, desc=f"{d.name} {name}" if progress else None)
         result[name] = {d.name: by_score[d.name] for d in detectors}
         if keep_features:
             features[name] = out.features
@@ -236,4 +240,5 @@ def evaluate(model: nn.Module, id_test: Iterable, ood_sets: dict[str, Iterable],
         weight, bias = classifier_params(model)
         features.update({"weight": weight, **({"bias": bias} if bias is not None else {}),
                          **({"train": train_out.features} if train_out is not None else {})})
-    return Evaluation(scores=result, id_acc=id_acc, detectors=detectors, features=features if keep_features else None)
+    return Evaluation(scores=result, id_acc=id_acc, detectors=detectors, features=features if keep_features else None,
+                      id_ce=id_ce)

@@ -133,19 +133,18 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
     write_json(out / "outlier_log.json", logs)
 
     t = time.perf_counter()
-    records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores.detectors())
+    ev = evaluate_models(models, prep, cfg.scores.detectors())
     if len(prep.id.val[0]):  # ID validation accuracy + synthetic validation OOD: what may be selected on
         summary["validation"] = validation_metrics(models, prep)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    for r in records:
+    for r in ev.records:
         r["aux"] = r["model"] != "base"
-    summary.update(masked_id_acc=masked_acc, timings_s=timings)
+    summary.update(masked_id_acc=ev.masked_acc, timings_s=timings)
     write_json(out / "summary.json", summary)
     notes = outlier_notes(cfg, prep, summary)
-    write_outputs(out, records, flat, by_model, notes,
-                  title=f"unleash-ood: {prep.id.name} (ID), fine-tuning with auxiliary outliers")
-    return RunOutput(records, flat, notes, summary)
+    write_outputs(out, ev, notes, title=f"unleash-ood: {prep.id.name} (ID), fine-tuning with auxiliary outliers")
+    return RunOutput(ev.records, ev.flat(), notes, summary)
 
 
 def _save_variant(ck: Path, name: str, model: nn.Module, result: dict, run_meta: dict, cfg: DemoConfig) -> None:

@@ -211,23 +211,23 @@ def select_keep_ratio(base: nn.Module, prep, um: UMConfig, val_sets: dict[str, t
 
     Returns ``{"keep_ratio", "zeta", "criterion", "val_ood", "base": {...}, "candidates": [...]}``.
     """
-    from .evaluate import collect_outputs, score_outputs
+    from .evaluation import evaluate_models
     from .methods.um import estimate_zeta
-    from .metrics import accuracy, ood_metrics
     from .pipeline import run_um
+    from .prepare import EvalSets
 
     if not len(prep.id.val[0]):
         raise UserError("keep-ratio selection needs held-out ID validation images (data.val_size > 0)")
     if not settings.grid:
         raise UserError("the keep-ratio grid is empty")
-    val_b = prep.batches(*prep.id.val)
+    sets = EvalSets(prep.id.val, {name: x for name, x in val_sets.values()},
+                    {name: group for group, (name, _) in val_sets.items()})
 
     def measure(model: nn.Module) -> dict:
-        val = collect_outputs(model, val_b)
-        id_s = score_outputs(val, ["Energy"])["Energy"]
-        row = {"val_acc": accuracy(val.logits.numpy(), val.labels.numpy())}
-        for group, (_, x) in val_sets.items():
-            m = ood_metrics(id_s, score_outputs(collect_outputs(model, prep.batches(x)), ["Energy"])["Energy"])
+        ev = evaluate_models({"m": (model, None)}, prep, ["Energy"], sets, progress=False)
+        row = {"val_acc": ev.id_acc["m"]}
+        for group in val_sets:
+            m = ev.aggregate("m", "Energy", group)
             row[f"{group}_fpr95"], row[f"{group}_auroc"] = m["fpr95"], m["auroc"]
         row["val_fpr95"] = float(np.mean([row[f"{g}_fpr95"] for g in val_sets]))
         row["val_auroc"] = float(np.mean([row[f"{g}_auroc"] for g in val_sets]))

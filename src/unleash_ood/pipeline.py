@@ -113,17 +113,17 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
         write_json(out / "finetune_log.json", histories)
 
     t = time.perf_counter()
-    records, flat, by_model, masked_acc = evaluate_models(models, prep, cfg.scores.detectors(),
-                                                          out / "features.npz" if cfg.save_features else None)
+    ev = evaluate_models(models, prep, cfg.scores.detectors(),
+                         features_path=out / "features.npz" if cfg.save_features else None)
     if len(prep.id.val[0]):
         summary["validation"] = validation_metrics(models, prep)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    summary.update(umap_masked_id_acc=masked_acc.get("umap"), timings_s=timings)
+    summary.update(umap_masked_id_acc=ev.masked_acc.get("umap"), timings_s=timings)
     write_json(out / "summary.json", {**summary, **(extra_summary or {})})
     notes = run_notes(cfg, prep, summary)
-    write_outputs(out, records, flat, by_model, notes, title=f"unleash-ood: {prep.id.name} (ID)")
-    return RunOutput(records, flat, notes, {**summary, **(extra_summary or {})})
+    write_outputs(out, ev, notes, title=f"unleash-ood: {prep.id.name} (ID)")
+    return RunOutput(ev.records, ev.flat(), notes, {**summary, **(extra_summary or {})})
 
 
 def demo_stages(cfg: DemoConfig) -> tuple[str, ...]:
@@ -187,10 +187,10 @@ def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Pa
             models[name[: -len("_mask")]] = (base, load_masks(path)[0])
         else:
             models[name] = (load_checkpoint(path, prep.id.num_classes, cfg.model)[0], None)
-    records, flat, by_model, _ = evaluate_models(models, prep, cfg.scores.detectors(),
-                                                 out / "features.npz" if save_features else None)
+    ev = evaluate_models(models, prep, cfg.scores.detectors(),
+                         features_path=out / "features.npz" if save_features else None)
     if any(name.split("_")[0] in OUTLIER_LABELS for name in models):
-        for r in records:
+        for r in ev.records:
             r["aux"] = r["model"].split("_")[0] in OUTLIER_LABELS
-    write_outputs(out, records, flat, by_model, f"Models of run {run}.", title="unleash-ood eval")
-    return records
+    write_outputs(out, ev, f"Models of run {run}.", title="unleash-ood eval")
+    return ev.records

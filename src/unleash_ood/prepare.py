@@ -30,6 +30,15 @@ def say(msg: str) -> None:
     tqdm.write(msg)
 
 
+@dataclass(frozen=True)
+class EvalSets:
+    """What one evaluation compares: labelled ID images and named OOD sets with their groups."""
+
+    id: tuple[torch.Tensor, torch.Tensor]
+    ood: dict[str, torch.Tensor]
+    groups: dict[str, str]
+
+
 @dataclass
 class Prepared:
     """Everything a run evaluates on: ID splits, OOD test sets, the synthetic validation OOD set, and
@@ -49,6 +58,15 @@ class Prepared:
 
     def ood_batches(self) -> dict[str, TensorBatches]:
         return {name: self.batches(x) for name, x in self.ood.items()}
+
+    def test_sets(self) -> EvalSets:
+        """The ID test split against the OOD test sets (what results report)."""
+        return EvalSets(self.id.test, self.ood, self.groups)
+
+    def val_sets(self) -> EvalSets:
+        """The ID validation split against the synthetic validation OOD set ``val_ood`` (what
+        hyperparameters may be selected on; the OOD test sets never are)."""
+        return EvalSets(self.id.val, {"val_ood": self.val_ood}, {"val_ood": "far"})
 
 
 def prepare_data(cfg: DataConfig, ood_specs: list[str] | None = None,

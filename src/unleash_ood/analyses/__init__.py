@@ -8,7 +8,12 @@ everything that determines them; UM/UMAP runs on a base are cached inside that f
 
 Modules: ``presets`` (the YAML presets → config and parameters), ``cache`` (sub-runs, shared base
 trainings), ``training`` / ``sweeps`` / ``masks`` (the analyses by group), ``figures`` (their PNGs),
-``common`` (tables, mean rows), ``runner`` (one analysis by name) and ``cli`` (the light parser).
+``common`` (tables, mean rows), ``runner`` (one analysis by name, one seed or several), ``seeds``
+(mean ± std over seeds, the paired claims and their verdicts), ``figures_seeds`` (bands and error
+bars), ``gallery`` (the gallery page) and ``cli`` (the light parser).
+
+``reproduce all --seeds 0 1 2`` runs the noise-sensitive analyses (``seeded`` in the preset) for every
+seed and the others for the first; each seed's base training is shared by all analyses.
 
 Interpretations (documented in docs/gallery.md as well):
 - "early stopping on OOD" selects on the synthetic validation OOD set (patch-shuffled held-out ID

@@ -39,18 +39,18 @@ def add_fc_dropout(model: nn.Module, p: float) -> nn.Module:
 
 
 class PrepCache:
-    """The prepared data of the last data config: analyses run in one process (``all``) load it once."""
+    """The prepared data per data config: analyses run in one process (``all``, ``--seeds``) load each
+    split once."""
 
     def __init__(self) -> None:
-        self._key: str | None = None
-        self._prep: Prepared | None = None
+        self._preps: dict[str, Prepared] = {}
 
     def get(self, data: DataConfig, seed: int) -> Prepared:
         key = stable_hash(data.model_dump())
-        if key != self._key:
+        if key not in self._preps:
             torch.manual_seed(seed)
-            self._key, self._prep = key, prepare_data(data)
-        return self._prep  # type: ignore[return-value]
+            self._preps[key] = prepare_data(data)
+        return self._preps[key]
 
 
 @dataclasses.dataclass
@@ -84,13 +84,13 @@ class Context:
     """One analysis run: config, parameters, output folder, shared base folder, lazily prepared data,
     progress, and the PNGs written so far."""
 
-    def __init__(self, name: str, cfg: DemoConfig, params: dict, out: Path, prep_cache: PrepCache | None = None
-                 ) -> None:
+    def __init__(self, name: str, cfg: DemoConfig, params: dict, out: Path, prep_cache: PrepCache | None = None,
+                 shared: Path | None = None) -> None:
         self.name, self.cfg, self.params, self.out = name, cfg, params, out
-        self.shared = out.parent
+        self.shared = shared or out.parent
         self._cache = prep_cache or PrepCache()
         self._prep: Prepared | None = None
-        self.step_no = 0
+        self.step_no = self.computed = self.reused = 0
         self.pngs: list[Path] = []
 
     @property
@@ -110,6 +110,7 @@ class Context:
         marker = d / "result.json"
         if marker.is_file():
             say(f"[{self.name}] ({self.step_no}) {label}: done earlier, skipped")
+            self.reused += 1
             return json.loads(marker.read_text())
         say(f"[{self.name}] ({self.step_no}) {label} ...")
         t = time.perf_counter()
@@ -117,6 +118,7 @@ class Context:
         res = fn(d)
         res["wall_s"] = round(time.perf_counter() - t, 1)
         write_json(marker, res)
+        self.computed += 1
         say(f"[{self.name}] ({self.step_no}) {label}: finished in {res['wall_s']:.0f}s")
         return res
 
@@ -167,7 +169,7 @@ class Context:
             save_model(d / "um.safetensors", tuned, {**model_meta(self.cfg.model, self.prep.id, "um"), "zeta": z})
             return {"config": key, "zeta": z, "history": hist}
 
-        info = self.subrun(d, f"UM (keep {um.keep_ratio}, ζ {z:.4f}, {um.optim.epochs} epochs)", run)
+        info = {**self.subrun(d, f"UM (keep {um.keep_ratio}, ζ {z:.4f}, {um.optim.epochs} epochs)", run), "dir": d}
         model, _ = load_checkpoint(d / "um.safetensors", self.prep.id.num_classes)
         return model.eval(), info
 
@@ -189,20 +191,32 @@ class Context:
             save_masks(d / "mask.safetensors", masks, {"keep_ratio": cfg.keep_ratio, "zeta": zeta})
             return {"config": key, "zeta": zeta, "history": hist}
 
-        info = self.subrun(d, f"{what}, keep {cfg.keep_ratio}, {cfg.optim.epochs} epochs", run)
+        info = {**self.subrun(d, f"{what}, keep {cfg.keep_ratio}, {cfg.optim.epochs} epochs", run), "dir": d}
         return load_masks(d / "mask.safetensors")[0], info
 
     # -- evaluation --------------------------------------------------------------------------
+    def scores_config(self, scores: list[str] | None = None):
+        """The detectors an evaluation uses: ``scores``, else the analysis's ``scores`` parameter, else
+        every configured one."""
+        scores = scores or self.params.get("scores")
+        return self.cfg.scores.subset(scores) if scores else self.cfg.scores
+
+    def evaluate_in(self, home: Path, label: str, models: Callable[[], dict], scores: list[str] | None = None) -> dict:
+        """:meth:`evaluate` cached in ``home/eval/<detectors>``: a model's own folder (base, UM, UMAP),
+        so that analyses evaluating the same model with the same detectors share the result."""
+        key = stable_hash(self.scores_config(scores).model_dump())
+        return self.evaluate(home / "eval" / key, label, models, scores)
+
     def evaluate(self, d: Path, label: str, models: Callable[[], dict], scores: list[str] | None = None,
                  keep_scores: bool = False) -> dict:
         """Evaluate ``models()`` (name → (model, mask|None)) once; the mean rows, cached in ``d``."""
-        detectors = self.cfg.scores.subset(scores).detectors() if scores else self.cfg.scores.detectors()
+        detectors = self.scores_config(scores).detectors()
 
         def run(d: Path) -> dict:
-            records, flat, _, masked_acc = evaluate_models(models(), self.prep, detectors)
+            ev = evaluate_models(models(), self.prep, detectors)
             if keep_scores:
-                atomic_write(d / "scores.npz", lambda tmp: _savez(tmp, flat))
-            return {"records": records, "masked_acc": masked_acc}
+                atomic_write(d / "scores.npz", lambda tmp: _savez(tmp, ev.flat()))
+            return {"records": ev.records, "masked_acc": ev.masked_acc}
 
         return self.subrun(d, label, run)
 

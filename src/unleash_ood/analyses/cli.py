@@ -12,13 +12,54 @@ from .presets import ANALYSES, check_name
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     names = list(ANALYSES) if args.name == "all" else [check_name(args.name)]
-    from .cache import PrepCache
-    from .runner import run_analysis
+    seeds = _check_seeds(args.seeds)
+    import time
 
-    prep_cache = PrepCache()  # ``all``: the data is prepared once
-    for n in names:
-        out = args.out if args.out and len(names) == 1 else (Path(args.out) / n if args.out else None)
-        run_analysis(n, out, args.overrides, args.quick, args.data_root, args.docs, args.recipe, prep_cache)
+    from ..report import write_json
+    from .cache import PrepCache
+    from .presets import seeded
+    from .runner import Request, run_analysis, run_seeded
+
+    root = Path(args.out or "runs/reproduce")
+    outs = {n: root / n for n in names} if args.name == "all" else {names[0]: Path(args.out or root / names[0])}
+    req = Request(tuple(args.overrides), args.quick, args.data_root, args.recipe, Path(args.docs) if args.docs else None)
+    prep_cache = PrepCache()  # the data of each seed is prepared once
+    t, walls, subruns = time.perf_counter(), {}, {"computed": 0, "reused": 0}
+    for n, out in outs.items():
+        shared = root if args.name == "all" else out.parent
+        if seeds and n in seeded():
+            s = run_seeded(n, out, seeds, req, prep_cache, shared)
+        else:
+            s = run_analysis(n, out, req, prep_cache, seeds[0] if seeds else None, shared)
+        walls[n] = s["wall_s"]
+        subruns = {k: subruns[k] + s["subruns"][k] for k in subruns}
+    if args.name == "all":
+        run = {"seeds": seeds, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - (time.perf_counter() - t))),
+               "wall_s": round(time.perf_counter() - t, 1), "analyses": walls, "subruns": subruns}
+        write_json(root / "timing.json", {"runs": [*_previous_runs(root / "timing.json"), run]})
+        if seeds:
+            from .gallery import write_gallery
+
+            docs = Path(args.docs) if args.docs else None
+            write_gallery(root, docs, docs.parent / f"{docs.name}_small_model.md" if docs else None)
+
+
+def _previous_runs(path: Path) -> list[dict]:
+    """The runs recorded in an earlier ``timing.json`` (the first one computed every sub-run)."""
+    import json
+
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    return old.get("runs", [old])
+
+
+def _check_seeds(seeds: list[int] | None) -> list[int]:
+    if seeds is None:
+        return []
+    from ..seeds import check_seeds
+
+    return check_seeds(seeds)
 
 
 class _IntermixedParser(argparse.ArgumentParser):
@@ -45,7 +86,11 @@ def add_reproduce_parser(subparsers) -> None:
     r.add_argument("name", metavar="NAME", help=", ".join(ANALYSES) + ", or all")
     r.add_argument("--out", help="output directory (default runs/reproduce/NAME; with 'all': OUT/NAME)")
     r.add_argument("--quick", action="store_true", help="tiny smoke variant (seconds)")
-    r.add_argument("--overwrite", action="store_true", help="empty --out first (else finished sub-runs are reused)")
+    r.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                   help="run the noise-sensitive analyses (once-covered, score-hist, keep-ratio, finetune-epochs) "
+                        "for each seed and report mean ± std; the others run the first seed")
+    r.add_argument("--overwrite", action="store_true", help="empty --out first (else finished sub-runs are reused); for one analysis, the base "
+                        "trainings shared in OUT/.. are kept")
     r.add_argument("--data-root", help="folder with the Fashion-MNIST files")
     r.add_argument("--docs", help="also copy the PNGs into this folder (e.g. docs/gallery)")
     r.add_argument("--recipe", help="paper scale: start from a recipe's config (e.g. cifar10_densenet100) "

@@ -31,9 +31,17 @@ def write_table(out: Path, name: str, rows: list[dict], title: str = "") -> None
     write_text(out / f"{name}.md", "\n".join(md) + "\n")
 
 
+GROUPS = ("near", "far")
+
+
 def mean_rows(records: list[dict]) -> dict[tuple[str, str], dict]:
-    """``(model, score) → mean-over-OOD-sets record`` from evaluate_models' records."""
-    return {(r["model"], r["score"]): r for r in records if r["ood"] == "mean"}
+    """``(model, score) → mean-over-OOD-sets record`` from evaluate_models' records, with the near and
+    far group means as ``near_fpr95``, ``far_auroc``, …"""
+    out = {(r["model"], r["score"]): dict(r) for r in records if r["ood"] == "mean"}
+    for r in records:
+        if r["ood"] in GROUPS and r.get("group") == "aggregate":
+            out[(r["model"], r["score"])].update({f"{r['ood']}_{k}": r[k] for k in ("fpr95", "auroc")})
+    return out
 
 
 def mean_fpr(rec: dict, score: str) -> float:
@@ -46,9 +54,19 @@ def mean_metric(rec: dict, score: str, metric: str) -> float:
     return float(np.mean([rec["ood"][d][score][metric] for d in rec["ood"]]))
 
 
+def group_metric(rec: dict, score: str, metric: str, groups: dict[str, str], group: str) -> float | None:
+    """Mean ``metric`` over the OOD sets of one ``group`` (near/far) of a training-log record."""
+    sets = [d for d in rec["ood"] if groups.get(d, "far") == group]
+    return float(np.mean([rec["ood"][d][score][metric] for d in sets])) if sets else None
+
+
 def metric_row(rec: dict) -> dict:
-    """The table columns of a mean record."""
-    return {"AUROC": rec["auroc"], "AUPR": rec["aupr_in"], "FPR95": rec["fpr95"], "ID-ACC": rec["id_acc"]}
+    """The table columns of a mean record (from :func:`mean_rows`): all-set means, then near and far."""
+    row = {"AUROC": rec["auroc"], "AUPR": rec["aupr_in"], "FPR95": rec["fpr95"]}
+    for g in GROUPS:
+        if f"{g}_fpr95" in rec:
+            row.update({f"{g}_FPR95": rec[f"{g}_fpr95"], f"{g}_AUROC": rec[f"{g}_auroc"]})
+    return {**row, "ID-ACC": rec["id_acc"]}
 
 
 def per_sample(model: nn.Module, x: torch.Tensor, y: torch.Tensor, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:

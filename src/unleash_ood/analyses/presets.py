@@ -29,10 +29,16 @@ def check_name(name: str) -> str:
     return name
 
 
+def seeded() -> tuple[str, ...]:
+    """The analyses that run every seed of ``--seeds`` (their verdicts hinge on noise)."""
+    return tuple(load_preset("gallery").get("seeded", ()))
+
+
 def build_config(name: str, overrides: list[str] = (), quick: bool = False,
-                 data_root: str | None = None, recipe: str | None = None):
+                 data_root: str | None = None, recipe: str | None = None, seed: int | None = None):
     """The effective DemoConfig and analysis parameters (the gallery preset — or a paper-scale
-    ``recipe`` — < the quick preset < overrides); returns ``(cfg, params)``."""
+    ``recipe`` — < the quick preset < overrides); returns ``(cfg, params)``. ``seed`` sets both the
+    run's and the data split's seed (as ``demo --seeds`` does)."""
     from ..config import DemoConfig, apply_overrides, merge, validate
 
     check_name(name)
@@ -52,6 +58,9 @@ def build_config(name: str, overrides: list[str] = (), quick: bool = False,
     for o in overrides:
         (param_over if o.startswith("analysis.") else demo_over).append(o)
     data = apply_overrides(data, demo_over)
+    if seed is not None:
+        data["seed"] = seed
+        data.setdefault("data", {})["seed"] = seed
     if data_root:
         data.setdefault("data", {})["data_root"] = data_root
     pdict = apply_overrides({"analysis": {}}, param_over)["analysis"]

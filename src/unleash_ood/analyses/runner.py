@@ -1,10 +1,13 @@
-"""Run one analysis by name: effective config, output folder, the analysis, its summary and PNG copies."""
+"""Run one analysis by name: effective config, output folder, the analysis, its summary and PNG copies;
+with several seeds, each seed into ``OUT/seed<N>/`` and then the mean ± std over seeds
+(:mod:`.seeds`)."""
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..pipeline import say
@@ -21,26 +24,66 @@ RUNNERS: dict[str, Callable[[Context], dict]] = {
     "overfitting": overfitting, "weights": weights}
 
 
-def run_analysis(name: str, out: str | Path | None = None, overrides: list[str] = (), quick: bool = False,
-                 data_root: str | None = None, docs: str | Path | None = None, recipe: str | None = None,
-                 prep_cache: PrepCache | None = None) -> dict:
-    """Run one analysis; returns its summary (also written to ``out/summary.json``). ``prep_cache``
-    shares the prepared data between analyses run one after another (``all``)."""
-    cfg, params = build_config(name, list(overrides), quick, data_root, recipe)
-    out = Path(out) if out else Path("runs/reproduce") / name
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for, the same for every analysis of one command."""
+
+    overrides: tuple[str, ...] = ()
+    quick: bool = False
+    data_root: str | None = None
+    recipe: str | None = None
+    docs: Path | None = None
+
+
+def run_analysis(name: str, out: Path, req: Request = Request(), prep_cache: PrepCache | None = None,
+                 seed: int | None = None, shared: Path | None = None, first_seed: bool = True) -> dict:
+    """Run one analysis (one seed; ``seed`` None: the config's) into ``out``; returns its summary (also
+    written to ``out/summary.json``). Base trainings are shared in ``shared`` (default ``out.parent``);
+    ``prep_cache`` shares the prepared data between analyses of one command. Analyses other than the
+    ``first_seed`` skip their one-seed extras (``extra_schedules``)."""
+    cfg, params = build_config(name, list(req.overrides), req.quick, req.data_root, req.recipe, seed)
+    if not first_seed:
+        params["extra_schedules"] = []
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {"analysis": name, "quick": quick, "params": params, "config": cfg.model_dump()})
-    ctx = Context(name, cfg, params, out, prep_cache)
+    write_json(out / "config.json", {"analysis": name, "quick": req.quick, "params": params, "config": cfg.model_dump()})
+    ctx = Context(name, cfg, params, out, prep_cache, shared)
     t = time.perf_counter()
     say(f"[{name}] output: {out}")
     summary = RUNNERS[name](ctx)
-    summary.update(analysis=name, wall_s=round(time.perf_counter() - t, 1), pngs=[str(p.name) for p in ctx.pngs],
-                   ood_sets=list(ctx.prep.ood) if ctx.prepared else None)
+    summary.update(analysis=name, seed=cfg.seed, wall_s=round(time.perf_counter() - t, 1),
+                   pngs=[str(p.name) for p in ctx.pngs], ood_sets=list(ctx.prep.ood) if ctx.prepared else None,
+                   groups=dict(ctx.prep.groups) if ctx.prepared else None,
+                   subruns={"computed": ctx.computed, "reused": ctx.reused})
     write_json(out / "summary.json", summary)
-    if docs:
-        d = Path(docs)
-        d.mkdir(parents=True, exist_ok=True)
-        for p in ctx.pngs:
-            shutil.copyfile(p, d / f"{name}_{p.name}")
+    if req.docs and first_seed:
+        copy_pngs(ctx.pngs, req.docs, name)
     say(f"[{name}] done in {summary['wall_s']:.0f}s: {out} ({', '.join(summary['pngs'])})")
     return summary
+
+
+def run_seeded(name: str, out: Path, seeds: Sequence[int], req: Request = Request(),
+               prep_cache: PrepCache | None = None, shared: Path | None = None) -> dict:
+    """Run ``name`` for each seed into ``out/seed<N>/`` (finished sub-runs are reused), then write the
+    mean ± std over seeds, the paired comparisons with their verdicts, and the band figures into
+    ``out``. Returns the combined summary (``out/summary.json``)."""
+    from .seeds import combine
+
+    shared = shared or out.parent
+    t = time.perf_counter()
+    seed_req = replace(req, docs=None)  # the combined figures (with the first seed's) are copied below
+    per_seed = [run_analysis(name, out / f"seed{s}", seed_req, prep_cache, s, shared, first_seed=i == 0)
+                for i, s in enumerate(seeds)]
+    summary = combine(name, per_seed, out)
+    summary["wall_s"] = round(time.perf_counter() - t, 1)
+    summary["subruns"] = {k: sum(s["subruns"][k] for s in per_seed) for k in ("computed", "reused")}
+    write_json(out / "summary.json", summary)
+    if req.docs:
+        copy_pngs([out / p for p in summary["pngs"]], req.docs, name)
+    say(f"[{name}] {len(seeds)} seeds done in {summary['wall_s']:.0f}s: {out}")
+    return summary
+
+
+def copy_pngs(pngs: Sequence[Path], docs: Path, name: str) -> None:
+    docs.mkdir(parents=True, exist_ok=True)
+    for p in pngs:
+        shutil.copyfile(p, docs / f"{name}_{p.name}")

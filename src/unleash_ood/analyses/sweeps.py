@@ -4,14 +4,13 @@ pruning across prune rates (Fig. 4e/8), and short vs long fine-tuning (Tables 14
 from __future__ import annotations
 
 from . import figures
-from .cache import Context, stable_hash
+from .cache import Context
 from .common import mean_rows, metric_row, write_table
 
 
 def _base_rows(ctx: Context, base, **cols) -> list[dict]:
     """The base model's mean rows (its evaluation is cached in the base folder, shared by analyses)."""
-    res = ctx.evaluate(base.dir / "eval" / stable_hash(ctx.cfg.scores.model_dump()), "evaluate base",
-                       lambda: {"base": (base.load(), None)})
+    res = ctx.evaluate_in(base.dir, "evaluate base", lambda: {"base": (base.load(), None)})
     return [{**cols, "score": s, **metric_row(r)} for (_, s), r in mean_rows(res["records"]).items()]
 
 
@@ -20,7 +19,7 @@ def keep_ratio(ctx: Context) -> dict:
     rows = _base_rows(ctx, base, keep_ratio=1.0, method="base", zeta=0.0)
     for k in ctx.params["keep_ratios"]:
         model, info = ctx.um(base, keep_ratio=k)
-        res = ctx.evaluate(ctx.out / f"um_keep{k}", f"evaluate UM keep {k}", lambda m=model: {"um": (m, None)})
+        res = ctx.evaluate_in(info["dir"], f"evaluate UM keep {k}", lambda m=model: {"um": (m, None)})
         for s, r in mean_rows(res["records"]).items():
             rows.append({"keep_ratio": k, "method": "UM", "zeta": info["zeta"], "score": s[1], **metric_row(r)})
     title = f"UM's OOD detection vs mask keep ratio (Fig. 4d/10); OOD sets: {', '.join(ctx.prep.ood)}"
@@ -38,8 +37,7 @@ def prune_rate(ctx: Context) -> dict:
         for method, z in (("UMAP", zeta), ("pruning (ζ=0)", 0.0)):
             masks, info = ctx.umap(base, keep_ratio=k, zeta=z)
             hists[(method, k)] = info["history"]
-            res = ctx.evaluate(ctx.out / f"{'umap' if z else 'prune'}_keep{k}", f"evaluate {method} keep {k}",
-                               lambda m=masks: {"masked": (final, m)})
+            res = ctx.evaluate_in(info["dir"], f"evaluate {method} keep {k}", lambda m=masks: {"masked": (final, m)})
             for s, r in mean_rows(res["records"]).items():
                 rows.append({"keep_ratio": k, "method": method, "score": s[1], **metric_row(r),
                              "masked_ID-ACC": res["masked_acc"]["masked"], "final_train_CE": info["history"][-1]["train_ce"],
@@ -56,12 +54,13 @@ def finetune_epochs(ctx: Context) -> dict:
     final = base.load()
     for tag in ("short", "long"):
         e = ctx.params[tag]
-        model, _ = ctx.um(base, epochs=e)
-        masks, _ = ctx.umap(base, epochs=e)
-        res = ctx.evaluate(ctx.out / f"eval_{e}", f"evaluate UM/UMAP after {e} epochs",
-                           lambda m=model, k=masks: {"um": (m, None), "umap": (final, k)})
-        for (m, s), r in mean_rows(res["records"]).items():
-            rows.append({"method": m.upper(), "epochs": e, "score": s, **metric_row(r)})
+        model, um_info = ctx.um(base, epochs=e)
+        masks, umap_info = ctx.umap(base, epochs=e)
+        for method, info, models in (("UM", um_info, lambda m=model: {"um": (m, None)}),
+                                     ("UMAP", umap_info, lambda k=masks: {"umap": (final, k)})):
+            res = ctx.evaluate_in(info["dir"], f"evaluate {method} after {e} epochs", models)
+            for (_, s), r in mean_rows(res["records"]).items():
+                rows.append({"method": method, "epochs": e, "score": s, **metric_row(r)})
     title = (f"UM/UMAP after {ctx.params['short']} vs {ctx.params['long']} fine-tuning epochs (Tables 14-15); "
              f"OOD sets: {', '.join(ctx.prep.ood)}")
     ctx.pngs.append(figures.finetune_epochs_figure(rows, title, ctx.out / "finetune_epochs.png"))

@@ -14,31 +14,43 @@ from ..pipeline import Prepared, evaluate_models, run_um
 from ..train import OptimConfig
 from . import figures
 from .cache import Context, stable_hash
-from .common import mean_fpr, mean_metric, mean_rows, metric_row, per_sample, write_table
+from .common import GROUPS, group_metric, mean_fpr, mean_metric, mean_rows, metric_row, per_sample, write_table
+
+
+EPOCH_KINDS = ("final", "val-selected", "test-best (upper bound)")
+
+
+def _epoch_row(log: list[dict], i: int, score: str, groups: dict[str, str], cols: dict) -> dict:
+    """One tracked epoch's metrics: means over all OOD sets, then over the near and the far ones."""
+    r = log[i]
+    row = {**cols, "score": score, "epoch": r["epoch"], "FPR95": mean_metric(r, score, "fpr95"), "AUROC": mean_metric(r, score, "auroc")}
+    for g in GROUPS:
+        if any(groups.get(d, "far") == g for d in r["ood"]):
+            row[f"{g}_FPR95"] = group_metric(r, score, "fpr95", groups, g)
+            row[f"{g}_AUROC"] = group_metric(r, score, "auroc", groups, g)
+    return {**row, "ID-ACC": r["id_acc"], "train_CE": r["train_ce"]}
 
 
 def once_covered(ctx: Context) -> dict:
+    """Per schedule and score: the final epoch, the epoch picked on validation OOD, and — as an upper
+    bound only — the epoch best on the OOD test sets themselves."""
     scores = ctx.params["scores"]
-    runs = {s: ctx.base(schedule=s) for s in ctx.params["schedules"]}
+    schedules = list(dict.fromkeys([*ctx.params["schedules"], *ctx.params.get("extra_schedules", [])]))
+    runs = {s: ctx.base(schedule=s) for s in schedules}
+    groups = ctx.prep.groups
     rows = []
     for score in scores:
         val_epochs = {}
         for sched, run in runs.items():
-            log, ep = run.log, run.epochs()
-            test = [mean_fpr(r, score) for r in log]
-            bi = int(np.argmin(test))
             val_epochs[sched] = run.best_val_epoch(score)
-            vi = ep.index(val_epochs[sched])
-            rows.append({"schedule": sched, "score": score, "final_epoch": ep[-1], "final_FPR95": test[-1],
-                         "best_epoch": ep[bi], "best_FPR95": test[bi], "val_selected_epoch": ep[vi],
-                         "FPR95_at_val_selected": test[vi], "final_AUROC": mean_metric(log[-1], score, "auroc"),
-                         "best_AUROC": max(mean_metric(r, score, "auroc") for r in log),
-                         "final_ID_acc": log[-1]["id_acc"], "ID_acc_at_val_selected": log[vi]["id_acc"],
-                         "final_train_CE": log[-1]["train_ce"]})
+            picks = (len(run.log) - 1, run.epochs().index(val_epochs[sched]),
+                     int(np.argmin([mean_fpr(r, score) for r in run.log])))
+            rows += [_epoch_row(run.log, i, score, groups, {"schedule": sched, "epoch_kind": kind})
+                     for kind, i in zip(EPOCH_KINDS, picks)]
         ctx.pngs.append(figures.once_covered_figure({s: r.log for s, r in runs.items()}, val_epochs, score,
                                                     ctx.out / f"once_covered_{score.lower()}.png"))
-    write_table(ctx.out, "once_covered", rows, "Once-covered: best intermediate epoch vs final epoch (mean FPR95 over OOD sets)")
-    return {"rows": rows}
+    write_table(ctx.out, "once_covered", rows, "Once-covered: final vs val-selected epoch (test-best: upper bound only)")
+    return {"rows": rows, "logs": {s: str(r.dir / "train_log.jsonl") for s, r in runs.items()}}
 
 
 def score_hist(ctx: Context) -> dict:
@@ -49,12 +61,12 @@ def score_hist(ctx: Context) -> dict:
     um_model, _ = ctx.um(base)
     masks, _ = ctx.umap(base)
 
-    def models() -> dict:
+    def models() -> dict:  # names stable across seeds (the epochs are in the summary)
         final_model = base.load()
-        return {f"epoch {ep} (val-selected)": (base.load(ep), None), f"final (epoch {final})": (final_model, None),
+        return {"val-selected epoch": (base.load(ep), None), "final epoch": (final_model, None),
                 "UM": (um_model, None), "UMAP": (final_model, masks)}
 
-    res = ctx.evaluate(ctx.out / "eval", "evaluate selected/final/UM/UMAP", models, ["MSP", "Energy"], keep_scores=True)
+    res = ctx.evaluate(ctx.out / "eval", "evaluate selected/final/UM/UMAP", models, keep_scores=True)
     flat = np.load(ctx.out / "eval" / "scores.npz")  # the cached per-sample scores of the evaluation
     for score in ("Energy", "MSP"):
         ctx.pngs.append(figures.score_hist_figure(flat, mean_rows(res["records"]), score,
@@ -86,8 +98,9 @@ def typical_atypical(ctx: Context) -> dict:
 
             def run(d: Path, sub=sub) -> dict:
                 tuned, hist = run_um(base.load(ep), sub, um_cfg, 0.0, ctx.cfg.seed, ctx.cfg.data.augment)
-                records, _, _, _ = evaluate_models({"ft": (tuned, None)}, sub, ctx.cfg.scores.detectors())
-                return {"records": records, "history": hist}
+                # the subset is only what is fine-tuned on: detectors are fitted on the whole training set
+                ev = evaluate_models({"ft": (tuned, None)}, prep, ctx.scores_config().detectors())
+                return {"records": ev.records, "history": hist}
 
             res = ctx.subrun(ctx.out / f"{kind}_{n}", f"fine-tune epoch {ep} on {n} {kind} samples", run)
             for (_, s), r in mean_rows(res["records"]).items():
@@ -115,7 +128,7 @@ def overfitting(ctx: Context) -> dict:
     um_model, _ = ctx.um(base)
     masks, _ = ctx.umap(base)
     entries += [("UM", lambda: {"m": (um_model, None)}), ("UMAP", lambda: {"m": (base.load(), masks)})]
-    scores = [s for s in ("ODIN", "Energy") if s in ctx.cfg.scores.use] or ["Energy"]
+    scores = ctx.scores_config().use
     rows = []
     for i, (label, fn) in enumerate(entries):
         # train (or load) the variant outside the evaluation cache so the base folders are shared
