@@ -93,18 +93,20 @@ def bars_with_errors(rows: list[dict], label_of, title: str, path: Path) -> Path
     """Per score (colour) and row label (x): near and far FPR95 as mean ± std bars."""
     scores = list(dict.fromkeys(r["score"] for r in rows))
     labels = list(dict.fromkeys(label_of(r) for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(max(12, 1.3 * len(labels) * len(scores) / 2), 4.4))
+    fig, axes = plt.subplots(2, 1, figsize=(max(10.0, 0.28 * len(labels) * len(scores) + 3), 8))
     w = 0.8 / len(scores)
     xs = np.arange(len(labels))
+    colors = plt.get_cmap("tab20" if len(scores) > 10 else "tab10").colors
     for ax, (col, name) in zip(axes, PANELS):
         for i, s in enumerate(scores):
             rs = {label_of(r): r for r in rows if r["score"] == s}
             ax.bar(xs + (i - (len(scores) - 1) / 2) * w, [rs[lb][col] if lb in rs else np.nan for lb in labels], w,
-                   yerr=[rs[lb][f"{col}_std"] if lb in rs else 0 for lb in labels], capsize=2, label=s)
+                   yerr=[rs[lb][f"{col}_std"] if lb in rs else 0 for lb in labels], capsize=2, label=s,
+                   color=colors[i % len(colors)])
         ax.set_xticks(xs, labels, fontsize=8)
         ax.set(title=name, ylabel="FPR95 (%)")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=2 if len(scores) > 7 else 1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title)
     return savefig(fig, path)
 
