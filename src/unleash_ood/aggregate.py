@@ -57,7 +57,8 @@ def _group(rec: dict) -> str:
     return rec.get("group") or ("aggregate" if rec["ood"] in AGGREGATES else "far")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
@@ -93,7 +94,7 @@ def aggregate(run_dirs: Sequence[str | Path]) -> list[dict]:
         for k in METRIC_KEYS:
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
-                rec[k], stds[f"{k}_std"] = _mean_std(vals)
+                rec[k], stds[f"{k}_std"] = mean_std(vals)
         out.append({**rec, "n_seeds": len(rs), **stds, "runs": [r["_run"] for r in rs]})
     return out
 

@@ -24,7 +24,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     outs = {n: root / n for n in names} if args.name == "all" else {names[0]: Path(args.out or root / names[0])}
     req = Request(tuple(args.overrides), args.quick, args.data_root, args.recipe, Path(args.docs) if args.docs else None)
     prep_cache = PrepCache()  # the data of each seed is prepared once
-    t, walls, subruns = time.perf_counter(), {}, {"computed": 0, "reused": 0}
+    started, t = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
+    walls, subruns = {}, {"computed": 0, "reused": 0}
     for n, out in outs.items():
         shared = root if args.name == "all" else out.parent
         if seeds and n in seeded():
@@ -34,8 +35,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         walls[n] = s["wall_s"]
         subruns = {k: subruns[k] + s["subruns"][k] for k in subruns}
     if args.name == "all":
-        run = {"seeds": seeds, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - (time.perf_counter() - t))),
-               "wall_s": round(time.perf_counter() - t, 1), "analyses": walls, "subruns": subruns}
+        run = {"seeds": seeds, "started": started, "wall_s": round(time.perf_counter() - t, 1), "analyses": walls,
+               "subruns": subruns}
         write_json(root / "timing.json", {"runs": [*_previous_runs(root / "timing.json"), run]})
         if seeds:
             from .gallery import write_gallery

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..evaluate import collect_outputs
 from ..pipeline import Prepared
-from ..report import dicts_csv, write_json, write_text
+from ..report import dicts_csv, md_table, write_json, write_text
 
 
 def _fmt(v) -> str:
@@ -26,8 +26,7 @@ def write_table(out: Path, name: str, rows: list[dict], title: str = "") -> None
     cols = list(dict.fromkeys(k for r in rows for k in r))
     write_json(out / f"{name}.json", rows)
     write_text(out / f"{name}.csv", dicts_csv(rows, cols))
-    md = ([f"# {title}", ""] if title else []) + ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    md += ["| " + " | ".join(_fmt(r.get(k)) for k in cols) + " |" for r in rows]
+    md = ([f"# {title}", ""] if title else []) + [md_table(cols, [[_fmt(r.get(k)) for k in cols] for r in rows])]
     write_text(out / f"{name}.md", "\n".join(md) + "\n")
 
 

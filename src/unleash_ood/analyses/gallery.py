@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..report import write_text
+from ..report import md_table, write_text
 from .presets import ANALYSES
+from .seeds import KEYS, claims, find
 
 PAPER = {
     "once-covered": "an intermediate epoch detects OOD better than the final one, while ID loss and accuracy "
@@ -36,14 +37,14 @@ PAPER = {
                    "recover OOD detection as UM/UMAP do (Tables 4–7).",
     "weights": "UMAP keeps different weights than plain pruning at the same rate (Fig. 11).",
 }
-TABLES = {  # analysis → (key columns, metric columns) of its metric table
-    "once-covered": (("schedule", "score", "epoch_kind"), ("epoch", "near_FPR95", "far_FPR95", "ID-ACC", "train_CE")),
-    "keep-ratio": (("keep_ratio", "method", "score"), ("zeta", "near_FPR95", "far_FPR95", "ID-ACC")),
-    "finetune-epochs": (("method", "epochs", "score"), ("near_FPR95", "far_FPR95", "ID-ACC")),
-    "prune-rate": (("keep_ratio", "method", "score"), ("near_FPR95", "far_FPR95", "masked_ID-ACC", "final_train_CE")),
-    "typical-atypical": (("subset", "size", "score"), ("subset_ACC", "near_FPR95", "far_FPR95", "ID-ACC")),
-    "overfitting": (("method", "score"), ("near_FPR95", "far_FPR95", "ID-ACC")),
-    "weights": (("layer", "method"), ("kept", "of", "mean_abs_kept", "mean_abs_all", "share_kept_by_both")),
+METRICS = {  # analysis → the measurement columns of its table in the gallery (key columns: seeds.KEYS)
+    "once-covered": ("epoch", "near_FPR95", "far_FPR95", "ID-ACC", "train_CE"),
+    "keep-ratio": ("zeta", "near_FPR95", "far_FPR95", "ID-ACC"),
+    "finetune-epochs": ("near_FPR95", "far_FPR95", "ID-ACC"),
+    "prune-rate": ("near_FPR95", "far_FPR95", "masked_ID-ACC", "final_train_CE"),
+    "typical-atypical": ("subset_ACC", "near_FPR95", "far_FPR95", "ID-ACC"),
+    "overfitting": ("near_FPR95", "far_FPR95", "ID-ACC"),
+    "weights": ("kept", "of", "mean_abs_kept", "mean_abs_all", "share_kept_by_both"),
 }
 
 
@@ -56,7 +57,7 @@ def _pm(row: dict, col: str, digits: int = 1) -> str:
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows), ""]
+    return [md_table(head, rows), ""]
 
 
 def _images(pngs: list[str], name: str, img_dir: str) -> list[str]:
@@ -75,8 +76,8 @@ def metric_table(name: str, rows: list[dict]) -> list[str]:
         return ["FPR95 (%) ↓ by model, near and far OOD:", "", *_table(head, out)]
     if name == "mask-loss":
         return []
-    keys, metrics = TABLES[name]
-    metrics = [m for m in metrics if any(r.get(m) is not None for r in rows)]
+    keys = KEYS[name]
+    metrics = [m for m in METRICS[name] if any(r.get(m) is not None for r in rows)]
     digits = {"zeta": 4, "train_CE": 4, "final_train_CE": 4, "mean_abs_kept": 4, "mean_abs_all": 4,
               "share_kept_by_both": 3, "epoch": 1, "kept": 0, "of": 0}
     return _table([*keys, *metrics], [[str(r.get(k, "")) for k in keys] + [_pm(r, m, digits.get(m, 1)) for m in metrics]
@@ -159,34 +160,11 @@ def one_seed_verdict(delta: float | None, sd: float | None) -> str:
     return "held" if delta < -2 * sd else "did not hold" if delta > 2 * sd else "within noise"
 
 
-def one_seed_pairs(name: str, rows: list[dict]) -> list[tuple[str, dict, dict]]:
-    """The (label, A, B) row pairs a one-seed analysis tests (the paper claims A has the lower FPR95)."""
-    scores = list(dict.fromkeys(r["score"] for r in rows if "score" in r))
-    pairs: list[tuple[str, dict, dict]] = []
-
-    def find(**kw) -> dict:
-        return next(r for r in rows if all(r.get(k) == v for k, v in kw.items()))
-
-    if name == "prune-rate":
-        for k in dict.fromkeys(r["keep_ratio"] for r in rows):
-            pairs += [(f"{sc}: UMAP vs plain pruning, keep {k}", find(keep_ratio=k, method="UMAP", score=sc),
-                       find(keep_ratio=k, method="pruning (ζ=0)", score=sc)) for sc in scores]
-    elif name == "typical-atypical":
-        for n in sorted({r["size"] for r in rows if r["size"]}):
-            pairs += [(f"{sc}: {n} typical vs {n} atypical samples", find(subset="typical", size=n, score=sc),
-                       find(subset="atypical", size=n, score=sc)) for sc in scores]
-    elif name == "overfitting":
-        remedies = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("UM", "UMAP")]
-        for um in ("UM", "UMAP"):
-            pairs += [(f"{sc}: {um} vs {m}", find(method=um, score=sc), find(method=m, score=sc))
-                      for m in remedies for sc in scores]
-    return pairs
-
-
 def one_seed_claims(name: str, s: dict, noise: dict) -> list[dict]:
     """The one-seed analyses' paired differences, each judged against the seed noise of its score and group."""
-    out = []
-    for label, a, b in one_seed_pairs(name, s.get("rows", [])):
+    out, rows = [], s.get("rows", [])
+    for claim in claims(name, rows):
+        label, a, b = claim.label, find(rows, claim.better), find(rows, claim.than)
         for g in ("near", "far"):
             col = f"{g}_FPR95"
             if a.get(col) is None or b.get(col) is None:

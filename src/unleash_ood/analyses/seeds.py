@@ -15,10 +15,14 @@ import numpy as np
 from scipy import stats
 
 from . import figures_seeds
+from ..aggregate import mean_std
 from .common import GROUPS, write_table
 
-KEYS = {"once-covered": ("schedule", "score", "epoch_kind"), "score-hist": ("model", "score"),
-        "keep-ratio": ("keep_ratio", "method", "score"), "finetune-epochs": ("method", "epochs", "score")}
+KEYS = {  # the columns that name a row of each analysis's table (the rest are measurements)
+    "once-covered": ("schedule", "score", "epoch_kind"), "score-hist": ("model", "score"),
+    "keep-ratio": ("keep_ratio", "method", "score"), "finetune-epochs": ("method", "epochs", "score"),
+    "prune-rate": ("keep_ratio", "method", "score"), "typical-atypical": ("subset", "size", "score"),
+    "overfitting": ("method", "score"), "weights": ("layer", "method")}
 METRICS = ("FPR95", "near_FPR95", "far_FPR95", "AUROC", "near_AUROC", "far_AUROC", "ID-ACC")
 VERDICTS = ("held", "did not hold", "within noise", "one seed")
 
@@ -58,16 +62,15 @@ def aggregate_rows(per_seed: list[list[dict]], keys: tuple[str, ...]) -> list[di
         row = dict(zip(keys, key))
         cols = [c for c in rs[0] if c not in keys and isinstance(rs[0][c], (int, float)) and not isinstance(rs[0][c], bool)]
         for c in cols:
-            vals = np.array([r[c] for r in rs if r.get(c) is not None], dtype=float)
-            row[c] = float(vals.mean()) if len(vals) else None
-            row[f"{c}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            vals = [r[c] for r in rs if r.get(c) is not None]
+            row[c], row[f"{c}_std"] = mean_std(vals) if vals else (None, 0.0)
         out.append({**row, "n_seeds": len(rs)})
     return out
 
 
 def claims(name: str, rows: list[dict]) -> list[Claim]:
     """The paper's claims an analysis tests, for every score (and schedule) its rows have."""
-    scores = list(dict.fromkeys(r["score"] for r in rows))
+    scores = list(dict.fromkeys(r["score"] for r in rows if "score" in r))
     out: list[Claim] = []
     if name == "once-covered":
         for sched in dict.fromkeys(r["schedule"] for r in rows):
@@ -92,10 +95,24 @@ def claims(name: str, rows: list[dict]) -> list[Claim]:
                 for s in scores:
                     out.append(Claim(f"{s}: {m} {e} epochs vs base", {"method": m, "epochs": e, "score": s},
                                      {"method": "base", "score": s}))
+    elif name == "prune-rate":
+        for k in dict.fromkeys(r["keep_ratio"] for r in rows):
+            out += [Claim(f"{s}: UMAP vs plain pruning, keep {k}", {"keep_ratio": k, "method": "UMAP", "score": s},
+                          {"keep_ratio": k, "method": "pruning (ζ=0)", "score": s}) for s in scores]
+    elif name == "typical-atypical":
+        for n in sorted({r["size"] for r in rows if r["size"]}):
+            out += [Claim(f"{s}: {n} typical vs {n} atypical samples", {"subset": "typical", "size": n, "score": s},
+                          {"subset": "atypical", "size": n, "score": s}) for s in scores]
+    elif name == "overfitting":
+        remedies = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("UM", "UMAP")]
+        for um in ("UM", "UMAP"):
+            out += [Claim(f"{s}: {um} vs {m}", {"method": um, "score": s}, {"method": m, "score": s})
+                    for m in remedies for s in scores]
     return out
 
 
-def _find(rows: list[dict], match: dict) -> dict | None:
+def find(rows: list[dict], match: dict) -> dict | None:
+    """The first row whose columns equal ``match``."""
     return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
 
 
@@ -106,7 +123,7 @@ def compare(claim: Claim, per_seed: list[list[dict]], seeds: list[int]) -> list[
     for metric in ("FPR95", *(f"{g}_FPR95" for g in GROUPS)):
         diffs, used = [], []
         for s, rows in zip(seeds, per_seed):
-            a, b = _find(rows, claim.better), _find(rows, claim.than)
+            a, b = find(rows, claim.better), find(rows, claim.than)
             if a is not None and b is not None and a.get(metric) is not None and b.get(metric) is not None:
                 diffs.append(a[metric] - b[metric])
                 used.append(s)
