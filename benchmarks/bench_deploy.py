@@ -16,8 +16,9 @@ import torch
 from unleash_ood.deploy.detector import onnx_session
 from unleash_ood.deploy.net import ScoringNet, materialize_masks
 from unleash_ood.deploy.onnx_export import export_onnx
-from unleash_ood.detectors import build_detector
-from unleash_ood.evaluate import TensorBatches, fit_detectors
+from unleash_ood.detectors.base import build_detector
+from unleash_ood.data.batches import TensorBatches
+from unleash_ood.eval.evaluate import fit_detectors
 from unleash_ood.masking import random_layer_masks
 from unleash_ood.models import build_model
 

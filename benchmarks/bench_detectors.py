@@ -16,8 +16,11 @@ import time
 import torch
 
 from unleash_ood.data.fashion import load_fashion_mnist
-from unleash_ood.detectors import DETECTORS, FitData, all_detector_names, build_detector
-from unleash_ood.evaluate import TensorBatches, classifier_params, collect_outputs, input_scores
+from unleash_ood.detectors.base import DETECTORS, FitData, build_detector
+from unleash_ood.detectors.params import all_detector_names
+from unleash_ood.data.batches import TensorBatches
+from unleash_ood.eval.forward import classifier_params, collect_outputs
+from unleash_ood.eval.evaluate import input_scores
 from unleash_ood.models import build_model
 
 

@@ -3,7 +3,7 @@
 1. train-step and eval throughput (images/s) and peak memory of DenseNet-BC-100 and WRN-40-4 on
    synthetic CIFAR-shaped batches (batch 64 and 256), fp32 vs bf16 autocast, NCHW vs channels_last
    (warm-up, ``cuda.synchronize``, ~20 timed steps each), through the library's own training step;
-2. a 2-epoch smoke run of the FULL pipeline (:func:`unleash_ood.pipeline.run_pipeline`: train with
+2. a 2-epoch smoke run of the FULL pipeline (:func:`unleash_ood.run.pipeline.run_pipeline`: train with
    tracking and a resumable state → ζ → UM → CE control → UMAP → evaluation with every score → result
    files) on synthetic CIFAR-shaped data (``prepare_data`` is replaced; no dataset files needed).
 
@@ -31,12 +31,14 @@ from pathlib import Path
 
 import torch
 
-from unleash_ood import pipeline, runtime
+from unleash_ood.run import pipeline
+from unleash_ood.utils import runtime
 from unleash_ood.config import DemoConfig
 from unleash_ood.data import IDData, patch_shuffle
-from unleash_ood.evaluate import to_model_input
+from unleash_ood.eval.forward import to_model_input
 from unleash_ood.models import build_model
-from unleash_ood.train import OptimConfig, ce_step, load_state, make_optimizer
+from unleash_ood.config import OptimConfig
+from unleash_ood.methods.train import ce_step, load_state, make_optimizer
 
 ARCHS = ("densenet100", "wrn40_4")
 COMBOS = (("off", False), ("off", True), ("bf16", False), ("bf16", True))  # (amp, channels_last)

@@ -11,7 +11,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from unleash_ood.evaluate import TensorBatches, collect_outputs, fit_detectors, make_detectors, score_outputs
+from unleash_ood.data.batches import TensorBatches
+from unleash_ood.eval.forward import collect_outputs
+from unleash_ood.eval.evaluate import fit_detectors, make_detectors, score_outputs
 from unleash_ood.models import build_model
 
 SCORES = ["MSP", "Energy", "MaxLogit", "Mahalanobis"]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from unleash_ood.analyses import cli as reproduce_cli
+from unleash_ood.cli import reproduce as reproduce_cli
 from unleash_ood.analyses.cache import add_fc_dropout
-from unleash_ood.analyses.presets import ANALYSES, SCHEDULES, build_config
+from unleash_ood.analyses.presets import ANALYSES, SCHEDULES, analysis_config
 from unleash_ood.models import build_model
 
 
@@ -153,13 +153,13 @@ def test_unknown_parameter_exits_2(tmp_path: Path, capsys) -> None:
 
 
 def test_overrides_and_quick_in_config() -> None:
-    cfg, params = build_config("keep-ratio", ["base.epochs=3", "analysis.keep_ratios=[0.9]"], quick=True)
+    cfg, params = analysis_config("keep-ratio", ["base.epochs=3", "analysis.keep_ratios=[0.9]"], quick=True)
     assert cfg.base.epochs == 3 and params["keep_ratios"] == [0.9] and cfg.data.train_size == 600
-    cfg, _ = build_config("keep-ratio")  # the gallery runs at the demo's own scale
+    cfg, _ = analysis_config("keep-ratio")  # the gallery runs at the demo's own scale
     from unleash_ood.config import DemoConfig
 
     assert cfg == DemoConfig()
-    cfg, _ = build_config("keep-ratio", seed=2)
+    cfg, _ = analysis_config("keep-ratio", seed=2)
     assert cfg.seed == 2 and cfg.data.seed == 2
 
 
@@ -178,14 +178,14 @@ def test_fc_dropout_hook_keeps_the_architecture() -> None:
     assert not torch.allclose(model.fc(feats), plain.fc(feats))  # dropped features while training
 
 
-def test_build_config_from_a_paper_recipe() -> None:
-    cfg, _ = build_config("keep-ratio", ["base.epochs=2"], recipe="cifar10_densenet100")
+def test_analysis_config_from_a_paper_recipe() -> None:
+    cfg, _ = analysis_config("keep-ratio", ["base.epochs=2"], recipe="cifar10_densenet100")
     assert cfg.data.dataset == "cifar10" and cfg.model.arch == "densenet100" and cfg.base.epochs == 2
     assert cfg.um.keep_ratio == 0.975
 
 
 def test_presets_runners_and_names_agree() -> None:
-    from unleash_ood.analyses.presets import load_preset
+    from unleash_ood.config import load_preset
     from unleash_ood.analyses.runner import RUNNERS
 
     gallery, quick = load_preset("gallery"), load_preset("gallery_quick")
@@ -202,7 +202,7 @@ def test_parser_module_imports_neither_matplotlib_nor_the_analyses() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, unleash_ood.analyses.cli; "
+    code = ("import sys, unleash_ood.cli.reproduce; "
             "print(sorted(m for m in ('matplotlib', 'unleash_ood.analyses.runner', 'unleash_ood.analyses.figures') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -210,7 +210,7 @@ def test_parser_module_imports_neither_matplotlib_nor_the_analyses() -> None:
 
 
 def test_verdicts_follow_the_interval_of_paired_differences() -> None:
-    from unleash_ood.analyses.seeds import verdict
+    from unleash_ood.analyses.claims import verdict
 
     assert verdict([-5.0, -6.0, -5.5])[0] == "held"  # consistently lower: the paper's direction
     assert verdict([5.0, 6.0, 5.5])[0] == "did not hold"
@@ -221,7 +221,7 @@ def test_verdicts_follow_the_interval_of_paired_differences() -> None:
 
 
 def test_aggregate_rows_over_seeds() -> None:
-    from unleash_ood.analyses.seeds import aggregate_rows
+    from unleash_ood.analyses.claims import aggregate_rows
 
     seed0 = [{"method": "UM", "keep_ratio": 0.9, "FPR95": 10.0, "epoch": 3}, {"method": "base", "keep_ratio": 1.0, "FPR95": 20.0, "epoch": 0}]
     seed1 = [{"method": "UM", "keep_ratio": 0.9, "FPR95": 14.0, "epoch": 5}]

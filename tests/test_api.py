@@ -52,10 +52,10 @@ def test_one_call_per_step(loaders, arch, kwargs) -> None:
 def test_package_exports_stay_the_functions_after_their_submodules_load() -> None:
     import importlib
 
-    importlib.import_module("unleash_ood.train")
-    importlib.import_module("unleash_ood.evaluate")
-    assert uo.train is importlib.import_module("unleash_ood.train").train
-    assert uo.evaluate is importlib.import_module("unleash_ood.evaluate").evaluate
+    importlib.import_module("unleash_ood.methods.train")
+    importlib.import_module("unleash_ood.eval.evaluate")
+    assert uo.train is importlib.import_module("unleash_ood.methods.train").train
+    assert uo.evaluate is importlib.import_module("unleash_ood.eval.evaluate").evaluate
     assert set(uo.__all__) <= set(dir(uo))
     with pytest.raises(AttributeError):
         uo.no_such_name  # noqa: B018

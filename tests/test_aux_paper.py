@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from unleash_ood.data.auxiliary import (aux_record_json, check_aux_overlap, load_aux_pool, parse_aux_spec,
-                                        read_imagenet64_batch)
+    read_imagenet64_batch)
 from unleash_ood.data.cifar import write_fake_cifar
-from unleash_ood.data.ood import load_auxiliary_pool
+from unleash_ood.data.auxpool import load_auxiliary_pool
 from unleash_ood.errors import UserError
-from unleash_ood.recipes import load_recipe
+from unleash_ood.config import build_config
 
 OUTLIER_RECIPES = ("cifar10_densenet100_outliers", "cifar100_densenet100_outliers")
 
@@ -124,7 +124,7 @@ def test_specs_and_data_root(tmp_path: Path) -> None:
     from unleash_ood.config import OutlierConfig
 
     with pytest.raises(UserError, match="outliers.aux"):
-        load_recipe("cifar10_densenet100_outliers", ["outliers.aux=imagenet"])
+        build_config("cifar10_densenet100_outliers", overrides=["outliers.aux=imagenet"])
     assert OutlierConfig().aux == "builtin" and not OutlierConfig().enabled
 
 
@@ -149,8 +149,8 @@ def test_overlap_with_ood_test_sets_is_refused(tmp_path: Path) -> None:
 
 def test_outlier_recipes_have_the_paper_settings() -> None:
     for name in OUTLIER_RECIPES:
-        cfg = load_recipe(name)
-        plain = load_recipe(name.removesuffix("_outliers"))
+        cfg = build_config(name)
+        plain = build_config(name.removesuffix("_outliers"))
         assert cfg.model_dump(exclude={"outliers"}) == plain.model_dump(exclude={"outliers"})
         o = cfg.outliers
         assert o.enabled and o.aux == "imagenet64:{data_root}/imagenet64" and o.aux_size == 50000
@@ -162,9 +162,9 @@ def test_outlier_recipes_have_the_paper_settings() -> None:
 
 
 def test_run_recipe_with_outliers_end_to_end(tmp_path: Path, capsys) -> None:
-    from unleash_ood.checkpoint import load_tensors
+    from unleash_ood.models.checkpoint import load_tensors
     from unleash_ood.cli import main
-    from unleash_ood.paper import run_recipe
+    from unleash_ood.run.recipes import run_recipe
 
     root = tmp_path / "data"
     write_fake_cifar(root, "cifar10", n_train=120, n_test=40, seed=0)
@@ -180,9 +180,9 @@ def test_run_recipe_with_outliers_end_to_end(tmp_path: Path, capsys) -> None:
             "outliers.withs=[none, um]", f"data.data_root={root}"]
     out = tmp_path / "run"
     res = run_recipe("cifar10_densenet100_outliers", [0], out, tiny)
-    assert {r["model"] for r in res[0]} == {"base", "um", "ce_finetune", "umap", "oe", "oe_um", "energy",
+    assert {r["model"] for r in res} == {"base", "um", "ce_finetune", "umap", "oe", "oe_um", "energy",
                                        "energy_um"}
-    sub = out / "seed_0" / "outliers"
+    sub = out / "seed0" / "outliers"
     summary = json.loads((sub / "summary.json").read_text())
     pool = summary["aux_pool"]
     assert pool["spec"] == "imagenet64:{data_root}/imagenet64" and pool["path"] == str(root / "imagenet64")
@@ -202,10 +202,10 @@ def test_run_recipe_with_outliers_end_to_end(tmp_path: Path, capsys) -> None:
     with pytest.raises(UserError, match="overlaps the OOD test set 'cifar100'"):
         run_recipe("cifar10_densenet100_outliers", [0], tmp_path / "bad",
                    [*tiny, f"outliers.aux=folder:{root / 'cifar-100-python'}"])
-    assert not (tmp_path / "bad" / "seed_0").exists()
+    assert not (tmp_path / "bad" / "seed0").exists()
     # `oe --recipe`: the recipe's outliers section on a given base
     rc = main(["oe", *tiny, "--recipe", "cifar10_densenet100_outliers", "--checkpoint",
-               str(out / "seed_0" / "checkpoints" / "base.safetensors"), "--out", str(tmp_path / "oe"),
+               str(out / "seed0" / "checkpoints" / "base.safetensors"), "--out", str(tmp_path / "oe"),
                "--method", "oe", "--with", "none"])
     assert rc == 0
     assert json.loads((tmp_path / "oe" / "summary.json").read_text())["aux_pool"]["kind"] == "imagenet64"

@@ -11,15 +11,8 @@ import pytest
 import torch
 
 from conftest import assert_state_equal, small_cnn, state_copy
-from unleash_ood.checkpoint import (
-    atomic_write,
-    load_into,
-    load_masks,
-    load_tensors,
-    save_masks,
-    save_model,
-    save_tensors,
-)
+from unleash_ood.utils.files import atomic_write
+from unleash_ood.models.checkpoint import load_into, load_masks, load_tensors, save_masks, save_model, save_tensors
 from unleash_ood.errors import UserError
 from unleash_ood.masking import random_layer_masks
 from unleash_ood.models import build_model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from unleash_ood.checkpoint import load_masks, load_tensors, save_model
+from unleash_ood.models.checkpoint import load_masks, load_tensors, save_model
 from unleash_ood.cli import main
 from unleash_ood.data import fashion
 from unleash_ood.metrics import ood_metrics
@@ -218,7 +218,7 @@ def test_demo_with_outliers_merges_the_tables(tmp_path: Path, capsys) -> None:
 
 def test_demo_features_npz_recomputes_knn_and_eval_saves_features(demo_run: Path, tmp_path: Path) -> None:
     """Every detector × model in results.json; features.npz (on by default) lets numpy recompute KNN."""
-    from unleash_ood.detectors import TABLE_ORDER
+    from unleash_ood.detectors.params import TABLE_ORDER
 
     records = json.loads((demo_run / "results.json").read_text())
     for model in ("base", "um", "ce_finetune", "umap"):
@@ -255,7 +255,7 @@ def test_help_and_config_import_no_torch() -> None:
             "cli.parser()\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    assert cli.main(['config', '--quick', 'base.epochs=40']) == 0\n"
-            "heavy = sorted(m for m in ('torch', 'matplotlib', 'numpy', 'unleash_ood.pipeline', 'unleash_ood.reproduce')"
+            "heavy = sorted(m for m in ('torch', 'matplotlib', 'numpy', 'unleash_ood.run.pipeline', 'unleash_ood.reproduce')"
             " if m in sys.modules)\n"
             "print(heavy)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

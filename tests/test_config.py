@@ -9,7 +9,7 @@ import pytest
 from unleash_ood.cli import main
 from unleash_ood.config import PRESET_DIR, load_preset, merge
 from unleash_ood.errors import UserError
-from unleash_ood.recipes import load_recipe
+from unleash_ood.config import build_config
 
 
 def _effective(capsys, argv: list[str]) -> dict:
@@ -32,7 +32,7 @@ def test_explicit_values_beat_the_quick_preset(capsys, tmp_path):
 
 
 def test_quick_preset_on_a_recipe_keeps_the_overrides():
-    cfg = load_recipe("cifar10_densenet100", ["base.epochs=40"], presets=["quick"])
+    cfg = build_config("cifar10_densenet100", ["quick"], ["base.epochs=40"])
     assert cfg.base.epochs == 40 and cfg.data.train_size == 2000
     assert cfg.model.arch == "densenet100"  # the recipe itself stays underneath
 

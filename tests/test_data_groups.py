@@ -18,7 +18,8 @@ from unleash_ood.data import load_id_data
 from unleash_ood.data.builtin import BUILTIN, GROUPS, OFFLINE_SETS, Sources
 from unleash_ood.data.fashion import CLASSES
 from unleash_ood.data.glyphs import available_fonts, default_font_dirs, load_glyphs, split_fonts
-from unleash_ood.data.specs import DEFAULT_FAR, DEFAULT_NEAR, config_groups, group_specs, load_ood
+from unleash_ood.config import DEFAULT_FAR, DEFAULT_NEAR, config_groups, group_specs
+from unleash_ood.data.specs import load_ood
 from unleash_ood.errors import UserError
 
 # --------------------------------------------------------------------------- glyphs
@@ -96,7 +97,7 @@ def test_id_classes_filter_and_relabel_real_fashion(fmnist_full) -> None:
 
 
 def test_heldout_classes_set_and_groups(fmnist_full) -> None:
-    from unleash_ood.pipeline import prepare_data
+    from unleash_ood.data.prepared import prepare_data
 
     cfg = DataConfig(id_classes=[0, 1, 2, 3, 4, 5], near=["heldout-classes"], far=["uniform"], val_size=100,
                      train_size=200, test_size=300, ood_size=50, val_ood_size=50)
@@ -259,7 +260,7 @@ def test_eval_cli_takes_near_and_far() -> None:
 
 
 def test_prepare_data_overrides_keep_groups(fmnist_full) -> None:
-    from unleash_ood.pipeline import prepare_data
+    from unleash_ood.data.prepared import prepare_data
 
     cfg = DataConfig(val_size=50, train_size=100, test_size=100, ood_size=20, val_ood_size=20)
     prep = prepare_data(cfg, ood_specs=["digits", "uniform"], near_specs=["gaussian"])
@@ -284,7 +285,7 @@ def test_data_list_shows_fashion_sets_with_groups(capsys: pytest.CaptureFixture[
 
 def test_torch_free_group_tables_agree_with_the_loaders() -> None:
     """``ood_groups`` (used by config validation without torch) names the loaders' sets and groups."""
-    from unleash_ood import ood_groups
+    from unleash_ood import config as ood_groups
     from unleash_ood.data.suite import PAPER_SUITE, SUITE
 
     assert ood_groups.BUILTIN_GROUPS == {name: s.group for name, s in BUILTIN.items()}

@@ -11,17 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from unleash_ood.data.ood import (
-    AUX_PICTURES,
-    BUILTIN_OOD,
-    PHOTO_PICTURES,
-    TEXTURE_PICTURES,
-    load_auxiliary_pool,
-    load_ood,
-    load_ood_suite,
-    ood_name,
-    to_image_format,
-)
+from unleash_ood.data.auxpool import AUX_PICTURES, load_auxiliary_pool
+from unleash_ood.data.builtin import OFFLINE_SETS as BUILTIN_OOD
+from unleash_ood.data.builtin import PHOTO_PICTURES, TEXTURE_PICTURES
+from unleash_ood.data.specs import load_ood, load_ood_suite, ood_name
+from unleash_ood.data.images import to_image_format
 from unleash_ood.errors import UserError
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
@@ -334,7 +328,7 @@ def test_refactor_keeps_each_sets_random_stream() -> None:
 
 
 def test_builtin_ood_is_the_offline_part_of_the_registry() -> None:
-    from unleash_ood.data.ood import BUILTIN, builtin_group
+    from unleash_ood.data.builtin import BUILTIN, builtin_group
 
     assert set(BUILTIN_OOD) == {"digits", "textures", "photos", "gaussian", "uniform", "glyphs"}
     assert set(BUILTIN_OOD) < set(BUILTIN)

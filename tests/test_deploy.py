@@ -16,19 +16,53 @@ import torch
 from PIL import Image
 
 import unleash_ood as uo
-from unleash_ood.checkpoint import save_masks, save_model
+from unleash_ood.models.checkpoint import save_masks, save_model
 from unleash_ood.cli import main
 from unleash_ood.config import DemoConfig, validate
 from unleash_ood.data import load_id_data
-from unleash_ood.deploy import ExportRequest, OODDetector, calibrate_threshold, export_run
+from unleash_ood.deploy.export import ExportRequest, calibrate_threshold, export_run
+from unleash_ood.deploy.detector import OODDetector
 from unleash_ood.errors import UserError
 from unleash_ood.masking import random_layer_masks
-from unleash_ood.pipeline import eval_run
-from unleash_ood.report import write_json
+from unleash_ood.data.batches import TensorBatches
+from unleash_ood.eval.forward import classifier_layer, collect_outputs
+from unleash_ood.run.pipeline import eval_run
+from unleash_ood.utils.files import write_json
+from conftest import assert_within, energy_tol, linear_tol, net_rel_tol
 
 DATA = {"train_size": 1000, "val_size": 1000, "test_size": 1000, "ood": ["gaussian", "digits"],
         "ood_size": 200, "val_ood_size": 100}
 SCORES = ["MSP", "Energy", "Mahalanobis", "ODIN"]
+CSV_RTOL = 5e-12  # the CSV writes scores with 12 significant digits: half a unit in the 12th
+
+
+def head_pass(module: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, torch.nn.Linear]:
+    """The penultimate features (float64) of ``module`` on ``x``, in the run's batches, and its classifier."""
+    feats = collect_outputs(module, TensorBatches(x, batch_size=512)).features.double().numpy()
+    return feats, classifier_layer(module)
+
+
+def logits_tol(module: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """N × C: how far another float32 evaluation of ``module`` (other kernels or batches) may move its logits."""
+    h, fc = head_pass(module, x)
+    return linear_tol(h, fc.weight.detach().double(), fc.bias.detach().double(), net_rel_tol(module))
+
+
+def score_tol(det: OODDetector, x: torch.Tensor, scores: np.ndarray) -> np.ndarray:
+    """Per image, how far another float32 evaluation of a torch bundle's scoring network (onnxruntime, other
+    batches) may move its ``scores``: the features move by net_rel_tol·‖h‖, propagated through the score."""
+    net = det.engine
+    if det.spec.score.name == "Energy":
+        return energy_tol(logits_tol(net.scorer, x), scores)
+    if det.spec.score.name == "MSP":  # log p_max, in float64: Σ_j |∂/∂z_j| = 2 (1 − p_max) ≤ 2
+        return 2 * logits_tol(net.scorer, x).max(1)
+    assert det.spec.score.name == "Mahalanobis"
+    h, _ = head_pass(net.scorer, x)
+    dh = net_rel_tol(net.scorer) * np.linalg.norm(h, axis=1)
+    lam = float(torch.linalg.eigvalsh(net.detector.stats["precision"]).max())
+    # s = −min_c (h−μ_c)ᵀP(h−μ_c): |δs| ≤ 2·‖P½(h−μ)‖·‖P½δh‖ + λ_max‖δh‖² with ‖P½(h−μ)‖ = √|s| (the float64
+    # rounding of the quadratic form itself, ~1e-16·cond, is negligible next to it)
+    return 2 * np.sqrt(lam * np.abs(scores)) * dh + lam * dh**2
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +89,8 @@ def id_data():
 def bundles(run_dir, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
     out = {}
-    for model, score in (("base", "Energy"), ("umap", "MSP"), ("umap", "Mahalanobis"), ("base", "ODIN")):
+    for model, score in (("base", "Energy"), ("umap", "MSP"), ("umap", "Mahalanobis"), ("base", "ODIN"),
+                         ("base", "Mahalanobis")):
         out[f"{model}/{score}"] = root / f"{model}_{score}"
         export_run(ExportRequest(run=run_dir, model=model, score=score, out=out[f"{model}/{score}"]))
     return out
@@ -70,11 +105,13 @@ def test_calibrate_threshold_accepts_the_tpr_fraction() -> None:
         calibrate_threshold(np.array([1.0, np.nan]), 0.95)
 
 
-@pytest.mark.parametrize("key", ["base/Energy", "umap/MSP", "umap/Mahalanobis", "base/ODIN"])
+@pytest.mark.parametrize("key", ["base/Energy", "umap/MSP", "umap/Mahalanobis", "base/ODIN", "base/Mahalanobis"])
 def test_bundle_scores_equal_the_runs_scores(bundles, run_dir, id_data, key) -> None:
-    det = uo.Detector.load(bundles[key])
+    det = uo.OODDetector.load(bundles[key])
     expected = np.load(run_dir / "scores.npz")[f"{key}/id"]
-    np.testing.assert_allclose(det.score(id_data.test[0]), expected, rtol=1e-6, atol=1e-4)
+    # the same network (the mask materialized as the evaluation's own FixedMask product, strides included),
+    # the same batches, the same float64 statistics: the same numbers, bit for bit
+    np.testing.assert_array_equal(det.score(id_data.test[0]), expected)
 
 
 def test_umap_class_from_the_unmasked_model_score_from_the_masked(bundles, run_dir, id_data,
@@ -83,9 +120,16 @@ def test_umap_class_from_the_unmasked_model_score_from_the_masked(bundles, run_d
     x = id_data.test[0][:300]
     pred = det.predict(x)
     with torch.no_grad():
-        probs = torch.softmax(_trained_cnn_master(x).double(), 1)
-    np.testing.assert_array_equal(pred.labels, probs.argmax(1).numpy())
-    np.testing.assert_allclose(pred.probs, probs.amax(1).numpy(), atol=1e-5)
+        logits = _trained_cnn_master(x).double()
+    probs = torch.softmax(logits, 1)
+    # the bundle runs the classifier in channels_last, the conftest's model contiguous: other kernels
+    dz = logits_tol(det.engine.classifier, x).max(1)
+    top2 = logits.topk(2, 1).values.numpy()
+    clear = top2[:, 0] - top2[:, 1] > 2 * dz  # no near-tie the rounding could flip
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(pred.labels[clear], probs.argmax(1).numpy()[clear])
+    # Σ_j |∂p_k/∂z_j| = 2 p_k (1 − p_k) ≤ ½
+    assert_within(pred.probs, probs.amax(1).numpy(), dz / 2)
     scores = np.load(run_dir / "scores.npz")
     assert not np.allclose(pred.scores, scores["base/MSP/id"][:300], atol=1e-3)  # the mask changes the score
     np.testing.assert_array_equal(pred.is_ood, pred.scores < det.threshold)
@@ -114,9 +158,9 @@ def test_detector_json_records_everything_needed(bundles, run_dir) -> None:
 
 
 def test_detector_load_checks_the_score_and_moves(bundles) -> None:
-    assert isinstance(uo.DETECTORS["Energy"].load(bundles["base/Energy"]), uo.OODDetector)
+    assert isinstance(uo.OODDetector.load(bundles["base/Energy"], score="Energy"), uo.OODDetector)
     with pytest.raises(UserError, match="holds a MSP detector"):
-        uo.DETECTORS["Energy"].load(bundles["umap/MSP"])
+        uo.OODDetector.load(bundles["umap/MSP"], score="Energy")
     det = OODDetector.load(bundles["base/Energy"])
     assert det.to("cpu") is det
     u8 = (np.random.default_rng(0).random((3, 28, 28)) * 255).astype(np.uint8)  # converted like OOD sets
@@ -124,7 +168,7 @@ def test_detector_load_checks_the_score_and_moves(bundles) -> None:
 
 
 def test_export_refuses_a_missing_model_and_odin_onnx(run_dir, tmp_path) -> None:
-    with pytest.raises(UserError, match="has no um model"):
+    with pytest.raises(UserError, match="has no model 'um'; it holds base, umap"):
         export_run(ExportRequest(run=run_dir, model="um", score="Energy", out=tmp_path / "b"))
     with pytest.raises(UserError, match="cannot be an ONNX graph"):
         export_run(ExportRequest(run=run_dir, model="base", score="ODIN", out=tmp_path / "b", format="onnx"))
@@ -135,16 +179,20 @@ def test_export_refuses_a_missing_model_and_odin_onnx(run_dir, tmp_path) -> None
 def onnx_bundles(run_dir, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("onnx")
     out = {}
-    for model, score in (("base", "Energy"), ("umap", "Mahalanobis")):
+    # umap/Mahalanobis is not among them: the random mask leaves near-dead units (precision condition ~1e8),
+    # where float32 rounding of the features may move the score by as much as the score itself. The masked
+    # network is checked through MSP, ONNX's float64 Mahalanobis on the base (condition ~1e4).
+    for model, score in (("base", "Energy"), ("umap", "MSP"), ("base", "Mahalanobis")):
         out[f"{model}/{score}"] = root / f"{model}_{score}"
         export_run(ExportRequest(run=run_dir, model=model, score=score, out=out[f"{model}/{score}"], format="onnx"))
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key,rtol", [("base/Energy", 1e-6), ("umap/Mahalanobis", 1e-4)])
-def test_onnx_equals_torch(onnx_bundles, bundles, id_data, key, rtol) -> None:
-    """Within 1e-4; Mahalanobis (float32, |score| ~ 100, a quadratic form with cancellation) to 1e-4 relative."""
+@pytest.mark.parametrize("key", ["base/Energy", "umap/MSP", "base/Mahalanobis"])
+def test_onnx_equals_torch(onnx_bundles, bundles, id_data, key) -> None:
+    """onnxruntime's kernels round otherwise: logits, scores and threshold agree to the float32 bounds of
+    :func:`logits_tol` / :func:`score_tol` (Mahalanobis amplifies feature rounding by √(λ_max |s|))."""
     pytest.importorskip("onnxruntime")
     onnx_det, torch_det = OODDetector.load(onnx_bundles[key]), OODDetector.load(bundles[key])
     assert onnx_det.spec.format == "onnx" and set(onnx_det.spec.files) == {"model.onnx"}
@@ -153,9 +201,11 @@ def test_onnx_equals_torch(onnx_bundles, bundles, id_data, key, rtol) -> None:
     x = id_data.test[0]
     lo_onnx, sc_onnx = onnx_det.outputs(x)
     lo_torch, sc_torch = torch_det.outputs(x)
-    np.testing.assert_allclose(lo_onnx, lo_torch, atol=1e-4)
-    np.testing.assert_allclose(sc_onnx, sc_torch, rtol=rtol, atol=1e-4)
-    assert onnx_det.threshold == pytest.approx(torch_det.threshold, rel=rtol, abs=1e-4)
+    assert_within(lo_onnx, lo_torch, logits_tol(torch_det.engine.classifier, x))
+    assert_within(sc_onnx, sc_torch, score_tol(torch_det, x, sc_torch))
+    # an order statistic of the validation scores moves at most as far as the farthest-moving score
+    val = id_data.val[0]
+    assert abs(onnx_det.threshold - torch_det.threshold) <= score_tol(torch_det, val, torch_det.score(val)).max()
     with pytest.raises(UserError, match="CPU"):
         onnx_det.to("cuda")
 
@@ -190,7 +240,9 @@ def test_cli_export_and_detect_npz_folder_and_files(run_dir, id_data, tmp_path, 
     assert rows[0]["source"] == f"{tmp_path / 'exact.npz'}[0]" and rows[n]["source"] == str(folder / "sub" / "0.png")
     assert rows[n + 3]["source"] == str(single) and rows[-1]["source"] == f"{npz}[{n - 1}]"
     expected = np.load(run_dir / "scores.npz")["umap/Energy/id"]
-    np.testing.assert_allclose([float(r["score"]) for r in rows[:n]], expected, rtol=1e-6, atol=1e-4)
+    # the last batch also holds the folder's images, unlike the run's: float32 bounds, plus the CSV's digits
+    tol = score_tol(OODDetector.load(bundle), x, expected)
+    assert_within([float(r["score"]) for r in rows[:n]], expected, tol, rtol=CSV_RTOL)
     threshold = json.loads((bundle / "detector.json").read_text())["calibration"]["threshold"]
     assert all(int(r["is_ood"]) == (float(r["score"]) < threshold) for r in rows)
     assert all(0 <= int(r["pred"]) < 10 and 0.1 <= float(r["prob"]) <= 1 for r in rows)
@@ -283,13 +335,14 @@ def test_cli_export_refusals_exit_2(run_dir, tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_cli_detect_runs_onnx_bundles_and_refuses_a_broken_graph(onnx_bundles, run_dir, id_data, tmp_path,
-                                                                 capsys) -> None:
+def test_cli_detect_runs_onnx_bundles_and_refuses_a_broken_graph(onnx_bundles, bundles, run_dir, id_data,
+                                                                 tmp_path, capsys) -> None:
     np.savez(tmp_path / "x.npz", images=id_data.test[0][:, 0].numpy())
     out = tmp_path / "preds.csv"
     assert main(["detect", str(onnx_bundles["base/Energy"]), f"npz:{tmp_path / 'x.npz'}", "--out", str(out)]) == 0
-    expected = np.load(run_dir / "scores.npz")["base/Energy/id"]
-    np.testing.assert_allclose([float(r["score"]) for r in read_csv(out)], expected, rtol=1e-6, atol=1e-4)
+    expected = np.load(run_dir / "scores.npz")["base/Energy/id"]  # = the torch bundle's, bit for bit
+    tol = score_tol(OODDetector.load(bundles["base/Energy"]), id_data.test[0], expected)  # onnxruntime's kernels
+    assert_within([float(r["score"]) for r in read_csv(out)], expected, tol, rtol=CSV_RTOL)
 
     def truncate_and_rehash(root: Path) -> None:  # a damaged graph whose hash was "fixed" too
         from unleash_ood.deploy.bundle import sha256

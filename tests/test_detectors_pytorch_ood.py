@@ -17,11 +17,12 @@ import pytest
 import pytorch_ood.detector as pood
 import torch
 
-from unleash_ood import pretrained
-from unleash_ood.detectors import FitData, build_detector
-from unleash_ood.evaluate import TensorBatches, collect_outputs
-from unleash_ood.pipeline import load_checkpoint
-from unleash_ood.scores import odin_score
+from unleash_ood.models import pretrained
+from unleash_ood.detectors.base import FitData, build_detector
+from unleash_ood.data.batches import TensorBatches
+from unleash_ood.eval.forward import collect_outputs
+from unleash_ood.models.checkpoint import load_checkpoint
+from unleash_ood.detectors.logit import odin_score
 from conftest import randomize_bn
 
 

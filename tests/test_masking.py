@@ -10,18 +10,8 @@ from torch.nn.utils import parametrize
 
 from conftest import assert_state_equal, small_cnn, state_copy
 from unleash_ood.errors import UserError
-from unleash_ood.masking import (
-    add_popup_masks,
-    apply_masks,
-    check_keep_ratio,
-    kept_fraction,
-    maskable_layers,
-    masked,
-    popup_binary_masks,
-    random_layer_masks,
-    remove_masks,
-    stream_generator,
-)
+from unleash_ood.masking import (add_popup_masks, apply_masks, check_keep_ratio, kept_fraction, maskable_layers,
+    masked, popup_binary_masks, random_layer_masks, remove_masks, stream_generator)
 from unleash_ood.models import build_model
 
 

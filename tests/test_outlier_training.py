@@ -9,20 +9,15 @@ import torch
 from torch import nn
 
 from unleash_ood.errors import UserError
-from unleash_ood.evaluate import TensorBatches, collect_outputs
-from unleash_ood.methods.outlier_training import (
-    METHODS,
-    WITHS,
-    FinetuneSettings,
-    PairedBatches,
-    finetune_with_outliers,
-    outlier_step,
-    run_name,
-)
+from unleash_ood.data.batches import TensorBatches
+from unleash_ood.eval.forward import collect_outputs
+from unleash_ood.methods.outlier_training import (METHODS, WITHS, FinetuneSettings, PairedBatches,
+    finetune_with_outliers, outlier_step, run_name)
 from unleash_ood.methods.outliers import energy_loss, oe_loss, oe_regularizer
 from unleash_ood.methods.um import flooding_loss
 from unleash_ood.models.cnn import SmallCNN
-from unleash_ood.train import OptimConfig, train
+from unleash_ood.config import OptimConfig
+from unleash_ood.methods.train import train
 
 SHAPE = (1, 16, 16)
 NUM_CLASSES = 4
@@ -281,9 +276,9 @@ def test_umap_restores_the_model_when_training_fails():
 # --- the run directory ----------------------------------------------------------------------------
 
 def test_run_outlier_methods_writes_a_run(tmp_path, fmnist_full):
-    from unleash_ood.checkpoint import load_masks, load_tensors, save_model
+    from unleash_ood.models.checkpoint import load_masks, load_tensors, save_model
     from unleash_ood.config import DemoConfig
-    from unleash_ood.outlier_pipeline import run_outlier_methods
+    from unleash_ood.run.outliers import run_outlier_methods
 
     cfg = DemoConfig.model_validate({
         "data": {"train_size": 256, "val_size": 64, "test_size": 128, "ood": ["gaussian", "photos"],
@@ -336,11 +331,11 @@ def test_default_aux_batch_gives_batchnorm_half_id_half_auxiliary():
 
 def test_outlier_recipes_default_to_the_id_batch_size():
     from unleash_ood.config import DemoConfig
-    from unleash_ood.outlier_pipeline import finetune_settings
-    from unleash_ood.recipes import load_recipe
+    from unleash_ood.run.outliers import finetune_settings
+    from unleash_ood.config import build_config
 
     for name in ("cifar10_densenet100_outliers", "cifar100_densenet100_outliers"):
-        cfg = load_recipe(name, [])
+        cfg = build_config(name)
         assert cfg.outliers.aux_batch_size is None, name
         assert finetune_settings(cfg, "none").aux_batch_size is None  # PairedBatches: the ID batch size
     assert DemoConfig().outliers.aux_batch_size is None

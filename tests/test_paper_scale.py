@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from unleash_ood.cli_paper import add_paper_parsers
+from unleash_ood.cli.paper import add_paper_parsers
 from unleash_ood.data import default_patch, load_id_data, patch_shuffle
 from unleash_ood.data.cifar import load_cifar, write_fake_cifar
 from unleash_ood.data.suite import (PAPER_SUITE, SUITE, check_available, data_status, format_status,
-                                    load_suite_set, resize_center_crop)
+    load_suite_set, resize_center_crop)
 from unleash_ood.errors import UserError
-from unleash_ood.recipes import load_recipe, recipe_names
+from unleash_ood.config import build_config, recipe_names
 
 TINY_MODEL = ["model.arch=small_cnn",
               "model.kwargs={in_channels: 3, width: 4, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}"]
@@ -138,7 +138,7 @@ def test_resize_center_crop_matches_torchvision() -> None:
 def test_recipes_match_the_paper() -> None:
     assert set(recipe_names()) >= {f"{d}_{a}" for d in ("cifar10", "cifar100") for a in ("densenet100", "wrn40_4")}
     for name in recipe_names():
-        cfg = load_recipe(name)
+        cfg = build_config(name)
         ds = cfg.data.dataset
         if ds not in PAPER_SUITE:  # e.g. fashion_open_set: not a paper table
             continue
@@ -150,30 +150,30 @@ def test_recipes_match_the_paper() -> None:
 
 
 def test_recipe_overrides_and_bad_keys() -> None:
-    cfg = load_recipe("cifar10_densenet100", ["base.epochs=3", "um.keep_ratio=0.9"])
+    cfg = build_config("cifar10_densenet100", overrides=["base.epochs=3", "um.keep_ratio=0.9"])
     assert cfg.base.epochs == 3 and cfg.um.keep_ratio == 0.9
     with pytest.raises(UserError, match="base.epochz"):
-        load_recipe("cifar10_densenet100", ["base.epochz=3"])
+        build_config("cifar10_densenet100", overrides=["base.epochz=3"])
     with pytest.raises(UserError, match="um.keep_ratio"):
-        load_recipe("cifar10_densenet100", ["um.keep_ratio=1.5"])
+        build_config("cifar10_densenet100", overrides=["um.keep_ratio=1.5"])
     with pytest.raises(UserError, match="unknown recipe"):
-        load_recipe("cifar10_resnet")
+        build_config("cifar10_resnet")
 
 
 # --------------------------------------------------------------------------- run end to end
 
 
 def test_run_recipe_end_to_end(root: Path, tmp_path: Path) -> None:
-    from unleash_ood.paper import run_recipe
+    from unleash_ood.run.recipes import run_recipe
 
     out = tmp_path / "run"
     res = run_recipe("cifar10_densenet100", [0, 1], out, [*TINY, f"data.data_root={root}"])
-    assert set(res) == {0, 1}
+    assert res == json.loads((out / "report.json").read_text())
     for s in (0, 1):
-        recs = json.loads((out / f"seed_{s}" / "results.json").read_text())
+        recs = json.loads((out / f"seed{s}" / "results.json").read_text())
         assert {r["ood"] for r in recs} == {"cifar100", "svhn", "textures", "far", "mean"}
         assert {r["model"] for r in recs} == {"base", "um", "ce_finetune", "umap"}
-        cfg = json.loads((out / f"seed_{s}" / "config.json").read_text())
+        cfg = json.loads((out / f"seed{s}" / "config.json").read_text())
         assert cfg["seed"] == s and cfg["data"]["dataset"] == "cifar10"
     assert (out / "ood_cache" / "svhn.npz").is_file()
     md = (out / "report.md").read_text()
@@ -183,13 +183,13 @@ def test_run_recipe_end_to_end(root: Path, tmp_path: Path) -> None:
 
 
 def test_run_recipe_fails_before_training(root: Path, tmp_path: Path) -> None:
-    from unleash_ood.paper import run_recipe
+    from unleash_ood.run.recipes import run_recipe
 
     out = tmp_path / "run"
     over = [*TINY, f"data.data_root={root}", "data.ood=[cifar100, places365, inaturalist]"]
     with pytest.raises(UserError, match="nothing was trained.*places365.*inaturalist"):
         run_recipe("cifar10_densenet100", [0], out, over)
-    assert not (out / "seed_0").exists()
+    assert not (out / "seed0").exists()
     with pytest.raises(UserError, match="cifar10 not found"):
         run_recipe("cifar10_densenet100", [0], out, [*TINY, f"data.data_root={tmp_path / 'empty'}"])
 
@@ -213,11 +213,11 @@ def _results(path: Path, fpr: dict[str, float], acc: float, dataset: str = "cifa
 
 
 def test_aggregate_mean_and_std(tmp_path: Path) -> None:
-    from unleash_ood.aggregate import aggregate, write_report
+    from unleash_ood.run.aggregate import aggregate, write_report
 
-    _results(tmp_path / "r" / "seed_0", {"svhn": 20.0, "lsun": 40.0}, 94.0)
-    _results(tmp_path / "r" / "seed_1", {"svhn": 30.0, "lsun": 50.0}, 95.0)
-    _results(tmp_path / "r" / "seed_2", {"svhn": 40.0, "lsun": 30.0}, 96.0)
+    _results(tmp_path / "r" / "seed0", {"svhn": 20.0, "lsun": 40.0}, 94.0)
+    _results(tmp_path / "r" / "seed1", {"svhn": 30.0, "lsun": 50.0}, 95.0)
+    _results(tmp_path / "r" / "seed2", {"svhn": 40.0, "lsun": 30.0}, 96.0)
     recs = aggregate([tmp_path / "r"])
     get = {(r["model"], r["ood"]): r for r in recs}
     um_svhn = get[("um", "svhn")]
@@ -238,7 +238,7 @@ def test_aggregate_mean_and_std(tmp_path: Path) -> None:
     assert "n_seeds,fpr95_std" in csv_lines[0]
     assert json.loads((tmp_path / "out" / "report.json").read_text())[0]["n_seeds"] == 3
     # a single run: std 0
-    one = aggregate([tmp_path / "r" / "seed_0"])
+    one = aggregate([tmp_path / "r" / "seed0"])
     assert all(r["fpr95_std"] == 0.0 for r in one)
     with pytest.raises(UserError, match="no results.json"):
         aggregate([tmp_path / "nothing"])
@@ -261,9 +261,10 @@ class _NoTouch(dict):
 def test_select_keep_ratio_on_validation_only(root: Path, tmp_path: Path) -> None:
     from unleash_ood.config import DataConfig, UMConfig
     from unleash_ood.models import build_model
-    from unleash_ood.paper import SelectionSettings, select_keep_ratio, validation_ood
-    from unleash_ood.pipeline import Prepared
-    from unleash_ood.train import OptimConfig, train
+    from unleash_ood.run.select_keep import SelectionSettings, select_keep_ratio, validation_ood
+    from unleash_ood.data.prepared import Prepared
+    from unleash_ood.config import OptimConfig
+    from unleash_ood.methods.train import train
 
     d = load_id_data("cifar10", str(root), val_size=40, train_size=120, seed=0, download=False)
     prep = Prepared(d, _NoTouch(), patch_shuffle(d.val[0], 8, seed=0))
@@ -295,7 +296,7 @@ def test_select_keep_ratio_on_validation_only(root: Path, tmp_path: Path) -> Non
 def test_validation_ood_for_fashion_has_a_near_glyph_proxy_disjoint_from_the_test_glyphs() -> None:
     from unleash_ood.config import DataConfig
     from unleash_ood.data.glyphs import load_glyphs
-    from unleash_ood.paper import validation_ood
+    from unleash_ood.run.select_keep import validation_ood
 
     fallback = torch.rand(5, 1, 28, 28)
     sets = validation_ood(DataConfig(val_ood_size=50), fallback, (1, 28, 28))
@@ -326,7 +327,7 @@ def test_cli_data_list_run_list_and_report(root: Path, tmp_path: Path, capsys) -
     _results(tmp_path / "b", {"svhn": 40.0}, 92.0)
     _cli(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep")])
     assert "30.00 ± 14.14" in capsys.readouterr().out
-    from unleash_ood.cli_paper import _seeds_and_overrides
+    from unleash_ood.cli.paper import _seeds_and_overrides
 
     ns = argparse.Namespace(seeds=["0", "1,2", "base.epochs=1"], overrides=["x=1"])
     assert _seeds_and_overrides(ns) == ([0, 1, 2], ["x=1", "base.epochs=1"])
@@ -346,17 +347,17 @@ def test_load_ood_sets_mixes_suite_and_specs(root: Path) -> None:
 
 
 def test_run_recipe_with_keep_selection(root: Path, tmp_path: Path) -> None:
-    from unleash_ood.paper import run_recipe
+    from unleash_ood.run.recipes import run_recipe
 
     out = tmp_path / "sel"
     run_recipe("cifar10_densenet100", [0], out, [*TINY, f"data.data_root={root}", "data.ood=[svhn]", "control=false"],
                select_grid=[0.9, 0.99], select_epochs=1)
-    sel = json.loads((out / "seed_0" / "keep_selection.json").read_text())
+    sel = json.loads((out / "seed0" / "keep_selection.json").read_text())
     assert sel["val_ood"]["near"] == "tinyimagenet" and sel["keep_ratio"] in (0.9, 0.99)
-    cfg = json.loads((out / "seed_0" / "config.json").read_text())
+    cfg = json.loads((out / "seed0" / "config.json").read_text())
     assert cfg["um"]["keep_ratio"] == sel["keep_ratio"] and cfg["um"]["zeta"] == pytest.approx(sel["zeta"])
-    summary = json.loads((out / "seed_0" / "summary.json").read_text())
+    summary = json.loads((out / "seed0" / "summary.json").read_text())
     assert summary["keep_selection"]["keep_ratio"] == sel["keep_ratio"] and summary["best_epochs"]
     assert summary["zeta"]["mean"] == pytest.approx(sel["zeta"])
-    recs = json.loads((out / "seed_0" / "results.json").read_text())
+    recs = json.loads((out / "seed0" / "results.json").read_text())
     assert {r["model"] for r in recs} == {"base", "um", "umap"}

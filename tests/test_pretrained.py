@@ -13,11 +13,11 @@ import urllib.request
 import pytest
 import torch
 
-from unleash_ood import pretrained
-from unleash_ood.checkpoint import load_tensors
+from unleash_ood.models import pretrained
+from unleash_ood.models.checkpoint import load_tensors
 from unleash_ood.errors import UserError
 from unleash_ood.models import build_model
-from unleash_ood.pipeline import load_checkpoint
+from unleash_ood.models.checkpoint import load_checkpoint
 from conftest import randomize_bn
 
 NAME = "wrn-40-2/cifar10/crossentropy"
@@ -177,7 +177,7 @@ def test_cli_import_weights(tmp_path, capsys) -> None:
 def test_run_recipe_with_init_skips_training(tmp_path) -> None:
     """``run RECIPE --init SPEC``: no base training; every seed starts from the imported weights."""
     from unleash_ood.data.cifar import write_fake_cifar
-    from unleash_ood.paper import run_recipe
+    from unleash_ood.run.recipes import run_recipe
 
     root = tmp_path / "data"
     write_fake_cifar(root, "cifar10", n_train=120, n_test=40, seed=0)
@@ -194,9 +194,9 @@ def test_run_recipe_with_init_skips_training(tmp_path) -> None:
             "model.arch=wrn40_4"]  # the recipe's arch is replaced by the checkpoint's
     out = tmp_path / "run"
     run_recipe("cifar10_densenet100", [0], out, over, init=init)
-    summary = json.loads((out / "seed_0" / "summary.json").read_text())
+    summary = json.loads((out / "seed0" / "summary.json").read_text())
     assert "train" not in summary["stages"] and summary["init_checkpoint"] == str(init)
-    base, cfg = load_checkpoint(out / "seed_0" / "checkpoints" / "base.safetensors", 10)
+    base, cfg = load_checkpoint(out / "seed0" / "checkpoints" / "base.safetensors", 10)
     assert cfg.arch == "small_cnn"
     for k, v in model.state_dict().items():
         assert torch.equal(base.state_dict()[k], v), k

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unleash_ood.aggregate import aggregate, write_report
+from unleash_ood.run.aggregate import aggregate, write_report
 from unleash_ood.config import DemoConfig, load_preset, validate
 from unleash_ood.errors import UserError
-from unleash_ood.evaluate import Evaluation
-from unleash_ood.report import CONVENTION, markdown_report, records_csv
-from unleash_ood.seeds import check_seeds, run_seeds
+from unleash_ood.eval.evaluate import Evaluation
+from unleash_ood.report.tables import CONVENTION, markdown_report, records_csv
+from unleash_ood.run.seeds import check_seeds, run_seeds
 
 NEAR = {"glyphs": "near", "digits": "near"}
 
@@ -92,7 +92,7 @@ def test_aggregate_over_seeds_has_means_stds_and_groups(tmp_path: Path) -> None:
 
 
 def test_aggregate_does_not_import_the_pipeline() -> None:
-    code = "import sys, unleash_ood.aggregate; print('unleash_ood.pipeline' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, unleash_ood.run.aggregate; print('unleash_ood.run.pipeline' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split()[0] == "False"
 
@@ -130,7 +130,7 @@ def test_run_seeds_runs_each_seed_once_and_reuses_finished(tmp_path: Path) -> No
 
 
 def test_training_curve_with_near_and_far(tmp_path: Path) -> None:
-    from unleash_ood.plots import plot_training_curve
+    from unleash_ood.report.plots import plot_training_curve
 
     log = [{"epoch": e, "id_acc": 80.0 + e, "train_ce": 1.0 / e,
             "ood": {ds: {"Energy": {"fpr95": v - e}, "MSP": {"fpr95": v + e}}

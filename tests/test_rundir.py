@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from unleash_ood.errors import UserError
-from unleash_ood.rundir import LOCK_NAME, RunDir
+from unleash_ood.run.rundir import LOCK_NAME, RunDir
 
 
 def _tree(root: Path) -> set[str]:
@@ -53,7 +53,7 @@ def test_second_run_into_a_locked_directory_names_the_holder(tmp_path):
 def test_lock_held_by_another_process(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from unleash_ood.rundir import RunDir\n"
+        [sys.executable, "-c", "import sys, time; from unleash_ood.run.rundir import RunDir\n"
          f"with RunDir({str(run)!r}):\n    print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:

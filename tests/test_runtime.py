@@ -14,14 +14,16 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from conftest import small_cnn
-from unleash_ood import runtime
+from unleash_ood.utils import runtime
 from unleash_ood.data import IDData
 from unleash_ood.errors import UserError
-from unleash_ood.evaluate import TensorBatches
-from unleash_ood.pipeline import BaseTraining, Prepared, train_base
-from unleash_ood.train import OptimConfig, load_state, train
+from unleash_ood.data.batches import TensorBatches
+from unleash_ood.run.stages import BaseTraining, train_base
+from unleash_ood.data.prepared import Prepared
+from unleash_ood.config import OptimConfig
+from unleash_ood.methods.train import load_state, train
 
-train_mod = importlib.import_module("unleash_ood.train")  # the package exports a function named train
+train_mod = importlib.import_module("unleash_ood.methods.train")  # the package exports a function named train
 
 
 def test_select_device_cpu(monkeypatch):

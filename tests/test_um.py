@@ -11,11 +11,12 @@ import torch.nn.functional as F
 
 from conftest import assert_state_equal, state_copy
 from unleash_ood.errors import UserError
-from unleash_ood.evaluate import TensorBatches, split_batch
+from unleash_ood.data.batches import TensorBatches, split_batch
 from unleash_ood.masking import maskable_layers, random_layer_masks
 from unleash_ood.methods.um import (ZetaEstimate, estimate_zeta, flooding_loss, flooding_step, mean_cross_entropy,
-                                   robust_zeta, unleash)
-from unleash_ood.train import NonFiniteLossError, OptimConfig, ce_step, train
+    robust_zeta, unleash)
+from unleash_ood.methods.train import NonFiniteLossError, ce_step, train
+from unleash_ood.config import OptimConfig
 
 
 # ------------------------------------------------------------------------------------ flooding
@@ -288,7 +289,7 @@ def test_train_raises_on_infinite_loss(trained_cnn, fmnist_small) -> None:
 
 
 def test_lr_schedules_follow_appendix_e() -> None:
-    from unleash_ood.train import lr_factor
+    from unleash_ood.methods.train import lr_factor
 
     assert lr_factor("cosine", 0.0) == 1.0 and abs(lr_factor("cosine", 0.5) - 0.5) < 1e-12
     assert lr_factor("linear", 0.2) == 1.0
@@ -318,7 +319,7 @@ def _flood_ddp_worker(rank: int, world: int, port: int, zeta: float, out: str) -
     import json
     import os
 
-    from unleash_ood import runtime
+    from unleash_ood.utils import runtime
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -338,7 +339,7 @@ def test_flooding_under_ddp_equals_one_process(tmp_path) -> None:
 
     import torch.multiprocessing as mp
 
-    from unleash_ood import runtime
+    from unleash_ood.utils import runtime
 
     x, y = _ddp_data()
     first_x, first_y = next(iter(TensorBatches(x, y, DDP_CFG.batch_size, shuffle=True, seed=0)))

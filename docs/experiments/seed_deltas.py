@@ -11,7 +11,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from unleash_ood.detectors import TABLE_ORDER
+from unleash_ood.detectors.params import TABLE_ORDER
 
 
 def main(root: str) -> None:

@@ -16,8 +16,11 @@ import sys
 from pathlib import Path
 
 from unleash_ood.metrics import accuracy
-from unleash_ood.evaluate import collect_outputs
-from unleash_ood.pipeline import load_checkpoint, load_run_config, prepare_data, run_um
+from unleash_ood.eval.forward import collect_outputs
+from unleash_ood.models.checkpoint import load_checkpoint
+from unleash_ood.run.layout import load_run_config
+from unleash_ood.data.prepared import prepare_data
+from unleash_ood.run.stages import run_um
 
 
 def id_accuracy(model, prep) -> float:

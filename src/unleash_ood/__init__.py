@@ -9,22 +9,22 @@ The Python API, one call per step (see README):
 """
 
 import importlib
-import sys
-import types
 
 from .errors import UserError
 
 __version__ = "0.1.0"
 _EXPORTS = {
-    "load_masks": "checkpoint", "save_masks": "checkpoint",
-    "Evaluation": "evaluate", "TensorBatches": "evaluate", "collect_outputs": "evaluate", "evaluate": "evaluate",
+    "load_masks": "models.checkpoint", "save_masks": "models.checkpoint",
+    "TensorBatches": "data.batches", "collect_outputs": "eval.forward",
+    "Evaluation": "eval.evaluate", "evaluate": "eval.evaluate",
     "apply_masks": "masking", "masked": "masking", "random_layer_masks": "masking", "remove_masks": "masking",
     "estimate_zeta": "methods.um", "flooding_loss": "methods.um", "unleash": "methods.um",
-    "learn_umap_mask": "methods.umap",
+    "learn_umap_mask": "methods.umap", "train": "methods.train",
     "aupr_in": "metrics", "aupr_out": "metrics", "auroc": "metrics", "fpr_at_95_tpr": "metrics",
     "ood_metrics": "metrics",
-    "energy_score": "scores", "max_logit_score": "scores", "msp_score": "scores", "odin_score": "scores",
-    "OptimConfig": "config", "train": "train",
+    "energy_score": "detectors.logit", "max_logit_score": "detectors.logit", "msp_score": "detectors.logit",
+    "odin_score": "detectors.logit",
+    "OptimConfig": "config",
     "DETECTORS": "detectors", "Detector": "detectors", "FitData": "detectors", "build_detector": "detectors",
     "register": "detectors", "OODDetector": "deploy",
 }
@@ -41,15 +41,3 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
 
-
-class _Package(types.ModuleType):
-    """Keeps ``unleash_ood.train`` the training function: importing the submodule ``unleash_ood.train``
-    would otherwise bind the module under that name (the eager imports used to rebind the function)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

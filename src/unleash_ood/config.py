@@ -1,19 +1,97 @@
-"""Validated, flat configuration objects (pydantic). Unknown keys and bad values fail at load."""
+"""Validated, flat configuration objects (pydantic) and the one builder of a run's config
+(:func:`build_config`). Unknown keys and bad values fail at load. Also the near/far groups of OOD specs,
+without torch (``unleash-ood config`` stays fast); ``tests/test_data_groups.py`` checks that these tables
+agree with :data:`unleash_ood.data.builtin.BUILTIN` and :data:`unleash_ood.data.suite.SUITE`.
+"""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
-from .errors import UserError
-from .ood_groups import config_groups
 from .detectors.params import all_detector_names, check_names, detector_infos
+from .errors import UserError
+
+GROUPS: tuple[str, ...] = ("near", "far")
+MODEL_ORDER: tuple[str, ...] = ("base", "um", "ce_finetune", "umap")  # the demo's models, in table order
+
+
+# the default suite when neither data.near, data.far nor data.ood is set
+DEFAULT_NEAR: tuple[str, ...] = ("glyphs", "digits")
+
+
+DEFAULT_FAR: tuple[str, ...] = ("textures", "photos", "gaussian", "uniform")
+
+
+# each built-in set's own group (data.builtin.BUILTIN)
+BUILTIN_GROUPS: dict[str, str] = {
+    "digits": "near", "textures": "far", "photos": "far", "gaussian": "far", "uniform": "far", "glyphs": "near",
+    "heldout-classes": "near", "mnist": "near", "kmnist": "near", "emnist-letters": "near"}
+
+
+# the CIFAR suite's names (data.suite.SUITE) and the ID datasets that use them (data.suite.PAPER_SUITE)
+SUITE_NAMES: tuple[str, ...] = ("cifar10", "cifar100", "svhn", "textures", "places365", "lsun", "lsun_resize",
+                                "isun", "inaturalist", "sun", "tinyimagenet")
+
+
+SUITE_DATASETS: tuple[str, ...] = ("cifar10", "cifar100")
+
+
+def check_group(group: str, where: str) -> str:
+    """``group`` if it is ``near`` or ``far``; otherwise one :class:`UserError` naming ``where``."""
+    if group not in GROUPS:
+        raise UserError(f"{where}: unknown OOD group {group!r}; use one of {', '.join(GROUPS)}")
+    return group
+
+
+def group_specs(by_group: Mapping[str, Sequence[str]], suite_names: bool = False) -> list[tuple[str, str]]:
+    """``(spec, group)`` pairs from specs listed per group (``{"near": [...], "far": [...]}``), in order.
+
+    A built-in keeps its own group wherever it is listed; other specs take the group they are listed
+    under (with ``suite_names``, the CIFAR suite's names count as such specs, not as built-ins). A spec
+    listed twice counts once, at its first place. An unknown group raises :class:`UserError`.
+    """
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for group, specs in by_group.items():
+        check_group(group, "OOD specs")
+        for spec in specs:
+            key = spec.strip().lower() if ":" not in spec else spec.strip()
+            if key in seen:
+                continue
+            seen.add(key)
+            own = None if suite_names and key in SUITE_NAMES else BUILTIN_GROUPS.get(spec.strip().lower())
+            out.append((spec, own or group))
+    return out
+
+
+def config_groups(near: Sequence[str] | None, far: Sequence[str] | None, ood: Sequence[str] = (),
+                  dataset: str = "fashion_mnist") -> list[tuple[str, str]]:
+    """The ``(spec, group)`` pairs a data config evaluates on.
+
+    ``near``/``far`` None means the default (``DEFAULT_NEAR``/``DEFAULT_FAR``) unless ``ood`` is given:
+    ``ood`` alone (the pre-groups key) is exactly the suite, as before, each spec in the far group
+    except built-ins, which keep theirs; ``ood`` next to ``near``/``far`` adds far specs.
+    """
+    if ood and near is None and far is None:
+        near, far = (), ()
+    near = DEFAULT_NEAR if near is None else near
+    far = DEFAULT_FAR if far is None else far
+    pairs = group_specs({"near": near, "far": [*far, *ood]}, suite_names=dataset in SUITE_DATASETS)
+    pairs.sort(key=lambda pair: GROUPS.index(pair[1]))  # near first; stable otherwise
+    if not pairs:
+        raise UserError("no OOD sets: list at least one under data.near, data.far or data.ood")
+    return pairs
+
 
 if TYPE_CHECKING:
-    from .detectors import Detector
+    from .detectors.base import Detector
 
 
 class OptimConfig(BaseModel):
@@ -112,7 +190,7 @@ class UMAPConfig(_Strict):
 class RuntimeConfig(_Strict):
     """Where and how to compute (never what): device ``auto`` (CUDA if available) / ``cpu`` / ``cuda``;
     ``amp`` ``auto`` (bf16 autocast on a CUDA GPU that supports it, off on CPU) / ``bf16`` / ``off``;
-    ``compile``: ``torch.compile`` the training forward/backward. See :mod:`unleash_ood.runtime`."""
+    ``compile``: ``torch.compile`` the training forward/backward. See :mod:`unleash_ood.utils.runtime`."""
 
     device: str = "auto"
     amp: str = "auto"
@@ -227,7 +305,7 @@ class ScoresConfig(BaseModel):
 
     def detectors(self) -> list[Detector]:
         """Fresh, unfitted detectors of ``use``, with their configured hyperparameters."""
-        from .detectors import build_detector
+        from .detectors.base import build_detector
 
         return [build_detector(n, self.params(n)) for n in self.use]
 
@@ -265,17 +343,80 @@ class DemoConfig(_Strict):
 
 
 PRESET_DIR = Path(__file__).parent / "presets"
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"cannot parse {what} {path}: {e}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} must be a mapping of keys to values")
+    return data
 
 
 def load_preset(name: str) -> dict:
-    """A named preset (``presets/NAME.yaml``) as a config dict, to be merged under the user's values."""
-    import yaml
-
+    """A named preset (``presets/NAME.yaml``) as a dict."""
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
         raise UserError(f"unknown preset {name!r}; choose from {names}")
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return _read_yaml(path, "preset")
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A paper recipe by name (``recipes/NAME.yaml``) or any YAML file."""
+    text = str(name_or_path)
+    if text in recipe_names():
+        return RECIPE_DIR / f"{text}.yaml"
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    raise UserError(f"unknown recipe {text!r}: not a file, and not one of {', '.join(recipe_names())}")
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A user's ``--config`` file (YAML or JSON) as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    return _read_yaml(path, "config")
+
+
+def build_config(source: DemoConfig | Mapping | str | Path | None = None, presets: Sequence[str | Mapping] = (),
+                 overrides: Sequence[str | Mapping] = (), data_root: str | Path | None = None,
+                 seed: int | None = None) -> DemoConfig:
+    """The one way a run's config is made: ``source`` < ``presets`` < ``overrides`` < ``data_root``, ``seed``.
+
+    ``source``: None (the defaults), a config, a dict (e.g. a finished run's config.json), or a recipe
+    name / YAML path. ``presets``: preset names or dicts, merged over it in order. ``overrides``:
+    ``key.sub=value`` strings or dicts (e.g. a user's ``--config`` file), applied in order: a value the
+    user gives wins over every preset. ``seed`` sets both ``seed`` and ``data.seed`` (model init, data
+    split and order, masks)."""
+    if source is None:
+        data: dict = {}
+    elif isinstance(source, BaseModel):
+        data = source.model_dump()
+    elif isinstance(source, Mapping):
+        data = copy.deepcopy(dict(source))
+    else:
+        data = _read_yaml(recipe_path(source), "recipe")
+    for preset in presets:
+        data = merge(data, load_preset(preset) if isinstance(preset, str) else dict(preset))
+    for item in overrides:
+        data = apply_overrides(data, [item]) if isinstance(item, str) else merge(data, dict(item))
+    if data_root is not None:
+        data = merge(data, {"data": {"data_root": str(data_root)}})
+    if seed is not None:
+        data = merge(data, {"seed": seed, "data": {"seed": seed}})
+    return validate(DemoConfig, data)  # type: ignore[return-value]
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -297,8 +438,6 @@ def validate(model: type[BaseModel], data: dict) -> BaseModel:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``key.sub=value`` strings (values parsed as YAML scalars/lists) to a nested dict."""
-    import yaml
-
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value (e.g. um.keep_ratio=0.9)")
@@ -315,4 +454,3 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise UserError(f"override {item!r}: {p!r} is not a section")
         node[parts[-1]] = value
     return data
-

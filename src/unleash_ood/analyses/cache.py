@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import atomic_write, load_masks, save_masks, save_model
 from ..config import DataConfig, DemoConfig
+from ..data.prepared import Prepared, prepare_data
 from ..errors import UserError
-from ..pipeline import (BaseTraining, Prepared, build, evaluate_models, load_checkpoint, model_meta, prepare_data,
-                        resolve_zeta, run_um, run_umap, say, train_base)
-from ..report import write_json
+from ..eval.models import evaluate_models
+from ..models.checkpoint import build, load_checkpoint, load_masks, model_meta, save_masks, save_model
+from ..run.stages import BaseTraining, resolve_zeta, run_um, run_umap, train_base
+from ..utils.files import atomic_write, write_json
+from ..utils.log import say
 
 
 def stable_hash(obj) -> str:

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluate import collect_outputs
-from ..pipeline import Prepared
-from ..report import dicts_csv, md_table, write_json, write_text
+from ..data.prepared import Prepared
+from ..eval.forward import collect_outputs
+from ..report.tables import dicts_csv, md_table
+from ..utils.files import write_json, write_text
 
 
 def _fmt(v) -> str:

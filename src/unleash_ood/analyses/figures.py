@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..checkpoint import atomic_write  # noqa: E402
+from ..utils.files import atomic_write  # noqa: E402
 from .common import mean_fpr, mean_metric  # noqa: E402
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..report import md_table, write_text
+from ..report.tables import md_table
+from ..utils.files import write_text
+from .claims import KEYS, claims, find
 from .presets import ANALYSES
-from .seeds import KEYS, claims, find
 
 PAPER = {
     "once-covered": "an intermediate epoch detects OOD better than the final one, while ID loss and accuracy "

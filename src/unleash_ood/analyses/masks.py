@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from ..masking import maskable_layers, masked, original_weight, random_layer_masks, topk_mask
+from ..methods.train import ce_step
 from ..methods.umap import MaskHooks, learn_mask
-from ..pipeline import resolve_zeta
-from ..report import write_json
-from ..train import ce_step
+from ..run.stages import resolve_zeta
+from ..utils.files import write_json
 from . import figures
 from .cache import Context
 from .common import per_sample, write_table

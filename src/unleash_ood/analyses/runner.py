@@ -10,11 +10,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..pipeline import say
-from ..report import write_json
+from ..utils.files import write_json
+from ..utils.log import say
 from .cache import Context, PrepCache
 from .masks import mask_loss, weights
-from .presets import build_config
+from .presets import analysis_config
 from .sweeps import finetune_epochs, keep_ratio, prune_rate
 from .training import once_covered, overfitting, score_hist, typical_atypical
 
@@ -41,7 +41,7 @@ def run_analysis(name: str, out: Path, req: Request = Request(), prep_cache: Pre
     written to ``out/summary.json``). Base trainings are shared in ``shared`` (default ``out.parent``);
     ``prep_cache`` shares the prepared data between analyses of one command. Analyses other than the
     ``first_seed`` skip their one-seed extras (``extra_schedules``)."""
-    cfg, params = build_config(name, list(req.overrides), req.quick, req.data_root, req.recipe, seed)
+    cfg, params = analysis_config(name, list(req.overrides), req.quick, req.data_root, req.recipe, seed)
     if not first_seed:
         params["extra_schedules"] = []
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def run_seeded(name: str, out: Path, seeds: Sequence[int], req: Request = Reques
     """Run ``name`` for each seed into ``out/seed<N>/`` (finished sub-runs are reused), then write the
     mean ± std over seeds, the paired comparisons with their verdicts, and the band figures into
     ``out``. Returns the combined summary (``out/summary.json``)."""
-    from .seeds import combine
+    from .claims import combine
 
     shared = shared or out.parent
     t = time.perf_counter()

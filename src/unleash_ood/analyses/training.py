@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import UMConfig
-from ..pipeline import Prepared, evaluate_models, run_um
-from ..train import OptimConfig
+from ..config import OptimConfig, UMConfig
+from ..eval.models import evaluate_models
+from ..run.stages import run_um
 from . import figures
 from .cache import Context, stable_hash
 from .common import GROUPS, group_metric, mean_fpr, mean_metric, mean_rows, metric_row, per_sample, write_table
-
 
 EPOCH_KINDS = ("final", "val-selected", "test-best (upper bound)")
 

@@ -2,7 +2,7 @@
 
 Specs (``outliers.aux``):
 
-* ``builtin`` — :func:`unleash_ood.data.ood.load_auxiliary_pool` (generated; disjoint from every
+* ``builtin`` — :func:`unleash_ood.data.auxpool.load_auxiliary_pool` (generated; disjoint from every
   built-in OOD test set). The default.
 * ``npz:PATH`` — the ``images`` array of an .npz file; ``folder:PATH`` — image files under a folder
   (recursively). ``n`` of them sampled without replacement.

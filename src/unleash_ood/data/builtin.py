@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import GROUPS, check_group  # noqa: F401  (re-exported)
 from ..errors import UserError
-from ..ood_groups import GROUPS, check_group  # noqa: F401  (re-exported)
 from .images import local_rng, resize, to_image_format
 
 TEXTURE_PICTURES: tuple[str, ...] = ("brick", "grass", "gravel")

@@ -26,7 +26,7 @@ import torch
 from ..errors import UserError
 from .builtin import BUILTIN, Request
 from .cifar import data_root
-from .fashion import read_idx, parse_idx
+from .fashion import parse_idx, read_idx
 from .images import local_rng, to_image_format
 
 

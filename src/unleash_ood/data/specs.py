@@ -17,11 +17,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import DEFAULT_FAR, DEFAULT_NEAR, config_groups, group_specs  # noqa: F401  (re-exported)
 from ..errors import UserError
-from ..ood_groups import DEFAULT_FAR, DEFAULT_NEAR, config_groups, group_specs  # noqa: F401  (re-exported)
 from .builtin import BUILTIN, Request, Sources, load_builtin
-from .images import (IMAGE_EXTENSIONS, check_count, check_image_shape, check_seed, image_files, read_image,
-                     to_image_format)
+from .images import (
+    IMAGE_EXTENSIONS,
+    check_count,
+    check_image_shape,
+    check_seed,
+    image_files,
+    read_image,
+    to_image_format,
+)
 
 SPEC_FORMS = "npz:PATH (an .npz file with an 'images' array) or folder:PATH (image files, searched recursively)"
 

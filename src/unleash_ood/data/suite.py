@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..utils.files import atomic_write
 from .cifar import cifar_present, data_root, download_cifar, load_cifar
 from .images import image_files, pil_to_array, to_image_format
 
@@ -282,10 +283,10 @@ def materialize(names: Sequence[str], root: str | Path | None, cache_dir: str | 
                     continue
         x = load_suite_set(key, root, image_shape, n, seed, id_dataset, allow_validation)
         u8 = (x * 255).round().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            np.savez(f, images=u8, stamp=np.array(stamp))
-        tmp.replace(path)
+        def write(tmp: str, u8=u8, stamp=stamp) -> None:
+            with open(tmp, "wb") as f:  # a file object: numpy appends no ".npz" to the temp name
+                np.savez(f, images=u8, stamp=np.array(stamp))
+        atomic_write(path, write)  # a full disk: a WriteError naming the file, no half-written cache
         out[key] = path
     return out
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import UserError
+from ..errors import UserError, WriteError, os_error_reason
 
 SPEC_FILE = "detector.json"
 FORMAT_VERSION = 1
@@ -50,7 +50,7 @@ class ModelSpec(_Strict):
     arch: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     num_classes: int = Field(ge=1)
-    kind: Literal["base", "um", "ce_finetune", "umap"]
+    kind: str  # the run's model name: base, um, ce_finetune, umap, oe_umap, …
     masked_score: bool = False  # UMAP: class from the unmasked model, score from the masked one
     normalization: dict[str, Any] = Field(default_factory=dict)  # what the model does to its input
 
@@ -108,8 +108,11 @@ def write_bundle(out: str | Path, spec: BundleSpec, write_files: Callable[[Path]
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SPEC_FILE).is_file())):
         raise UserError(f"{out} exists and is not a bundle; choose a new --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise WriteError(out, os_error_reason(e), e.errno) from e
     try:
         write_files(tmp)
         files = {p.name: FileEntry(sha256=sha256(p), bytes=p.stat().st_size)
@@ -119,8 +122,10 @@ def write_bundle(out: str | Path, spec: BundleSpec, write_files: Callable[[Path]
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk...: one line naming the bundle, not its temp folder
+            raise WriteError(out, e.reason if isinstance(e, WriteError) else os_error_reason(e), e.errno) from e
         raise
     return out
 

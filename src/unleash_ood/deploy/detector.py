@@ -1,6 +1,6 @@
 """``OODDetector``: a loaded bundle that answers, per image, class, probability, score and in/out.
 
->>> det = OODDetector.load("bundle")            # or unleash_ood.Detector.load("bundle")
+>>> det = OODDetector.load("bundle")            # or unleash_ood.OODDetector.load("bundle", score="Energy")
 >>> p = det.predict(images)                     # float N×C×H×W in [0, 1] (or uint8 N×H×W[×C] arrays)
 >>> p.labels, p.probs, p.scores, p.is_ood
 """
@@ -49,10 +49,14 @@ class OODDetector:
         self.spec, self.engine = spec, engine
 
     @classmethod
-    def load(cls, path: str | Path) -> OODDetector:
-        """Load a bundle written by ``unleash-ood export`` (either format); never executes code from it."""
+    def load(cls, path: str | Path, score: str | None = None) -> OODDetector:
+        """Load a bundle written by ``unleash-ood export`` (either format); never executes code from it.
+
+        With ``score`` (e.g. ``"Energy"``), a bundle holding another detector is refused."""
         root = Path(path)
         spec = read_spec(root)
+        if score is not None and spec.score.name != score:
+            raise UserError(f"bundle {path} holds a {spec.score.name} detector, not {score}")
         engine = OnnxEngine(root / ONNX_FILE, spec) if spec.format == "onnx" else load_torch_engine(root, spec)
         det = cls(spec, engine)
         det.check_runs(root)
@@ -88,7 +92,7 @@ class OODDetector:
             if len(x) and not (torch.isfinite(x).all() and x.min() >= -1e-3 and x.max() <= 1 + 1e-3):
                 raise UserError("input images must be finite and lie in [0, 1]")
             return x.detach().cpu()
-        from ..data.ood import to_image_format
+        from ..data.images import to_image_format
 
         return to_image_format(x, shape, source="input")
 
@@ -127,9 +131,9 @@ class OODDetector:
 
 def load_torch_engine(root: Path, spec: BundleSpec):
     """Rebuild the PyTorch network from a torch bundle: weights, mask (UMAP) and detector statistics."""
-    from ..checkpoint import load_into, load_masks, load_tensors
-    from ..detectors import build_detector
+    from ..detectors.base import build_detector
     from ..models import build_model
+    from ..models.checkpoint import load_into, load_masks, load_tensors
     from .net import ScoringNet, materialize_masks
 
     m = spec.model

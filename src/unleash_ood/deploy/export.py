@@ -14,15 +14,27 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..data import IDData
-from ..detectors import Detector
+from ..data import IDData, load_id_data
+from ..detectors.base import Detector
 from ..errors import UserError
-from .bundle import (MASK_FILE, ONNX_FILE, STATS_FILE, WEIGHTS_FILE, BundleSpec, Calibration, InputSpec,
-                     ModelSpec, ScoreSpec, sha256, write_bundle)
-from .detector import Engine, OODDetector, OnnxEngine
+from ..models.checkpoint import load_checkpoint, load_masks, load_tensors, save_masks, save_model, save_tensors
+from ..run.layout import RunLayout
+from .bundle import (
+    MASK_FILE,
+    ONNX_FILE,
+    STATS_FILE,
+    WEIGHTS_FILE,
+    BundleSpec,
+    Calibration,
+    InputSpec,
+    ModelSpec,
+    ScoreSpec,
+    sha256,
+    write_bundle,
+)
+from .detector import Engine, OnnxEngine, OODDetector
 from .net import ScoringNet, materialize_masks, normalization_of
 
-MODELS = ("base", "um", "ce_finetune", "umap")
 FORMATS = ("torch", "onnx")
 FIT_BATCH = 512  # the evaluation's batch size (pipeline.EVAL_BATCH)
 
@@ -40,8 +52,6 @@ class ExportRequest:
     device: str = "cpu"
 
     def check(self) -> None:
-        if self.model not in MODELS:
-            raise UserError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.format not in FORMATS:
             raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if not 0.0 < self.tpr < 1.0:
@@ -57,19 +67,8 @@ def calibrate_threshold(scores: np.ndarray, tpr: float) -> float:
     return float(s[len(s) - accepted])
 
 
-def checkpoint_paths(run: Path, model: str) -> tuple[Path, Path | None]:
-    """The weights file and (UMAP) mask file of ``model`` in ``run``; a UserError if either is missing."""
-    ck = run / "checkpoints"
-    weights = ck / ("base.safetensors" if model == "umap" else f"{model}.safetensors")
-    mask = ck / "umap_mask.safetensors" if model == "umap" else None
-    for path in (weights, mask):
-        if path is not None and not path.is_file():
-            raise UserError(f"run {run} has no {model} model ({path} is missing)")
-    return weights, mask
-
-
 @dataclass
-class RunModel:
+class LoadedModel:
     """One model of a finished run, with the ID data its config rebuilds (same seed, same splits)."""
 
     run: Path
@@ -82,24 +81,21 @@ class RunModel:
     data_seed: int
 
 
-def load_run_model(req: ExportRequest) -> RunModel:
-    from ..checkpoint import load_masks
-    from ..data import load_id_data
-    from ..pipeline import load_checkpoint, load_run_config
-
-    run = Path(req.run)
-    cfg = load_run_config(run)
-    weights, mask_path = checkpoint_paths(run, req.model)
+def load_run_model(req: ExportRequest) -> LoadedModel:
+    """The model ``req.model`` of run ``req.run`` (any model the run holds) and the ID data of its config."""
+    run = RunLayout(Path(req.run))
+    cfg = run.load_config()
+    found = run.model(req.model)
     d = cfg.data
     data = load_id_data(d.dataset, d.data_root, d.val_size, d.train_size, d.test_size, d.seed, d.download)
     if not len(data.val[0]):
-        raise UserError(f"run {run} has no ID validation split (data.val_size=0): nothing to calibrate on")
-    model, model_cfg = load_checkpoint(weights, data.num_classes, cfg.model)
-    masks = load_masks(mask_path)[0] if mask_path else None
-    return RunModel(run, data, model, model_cfg, weights, mask_path, masks, d.seed)
+        raise UserError(f"run {run.root} has no ID validation split (data.val_size=0): nothing to calibrate on")
+    model, model_cfg = load_checkpoint(found.weights, data.num_classes, cfg.model)
+    masks = load_masks(found.mask)[0] if found.mask else None
+    return LoadedModel(run.root, data, model, model_cfg, found.weights, found.mask, masks, d.seed)
 
 
-def bundle_spec(req: ExportRequest, src: RunModel, detector: Detector) -> BundleSpec:
+def bundle_spec(req: ExportRequest, src: LoadedModel, detector: Detector) -> BundleSpec:
     """``detector.json`` before calibration (threshold 0) and before the file hashes."""
     from .. import __version__
 
@@ -120,7 +116,7 @@ def bundle_spec(req: ExportRequest, src: RunModel, detector: Detector) -> Bundle
         score=ScoreSpec(name=detector.name, params=detector.config(),
                         stats_shapes={k: list(v.shape) for k, v in detector.state_dict().items()}),
         calibration=Calibration(threshold=0.0, tpr=req.tpr, size=len(data.val[0]), flag_rate=0.0),
-        run={"dir": str(run.resolve()), "model": req.model, "config_sha256": sha256(run / "config.json"),
+        run={"dir": str(run.resolve()), "model": req.model, "config_sha256": sha256(RunLayout(run).config),
              "weights_sha256": sha256(src.weights),
              **({"mask_sha256": sha256(src.mask_path)} if src.mask_path else {}),
              "split_seed": src.data_seed, "fit": f"{len(data.train[0])} ID training images"},
@@ -129,16 +125,20 @@ def bundle_spec(req: ExportRequest, src: RunModel, detector: Detector) -> Bundle
 
 def export_run(req: ExportRequest) -> BundleSpec:
     """Write the bundle ``req.out`` for model ``req.model`` and score ``req.score`` of run ``req.run``."""
-    from ..checkpoint import load_tensors, save_masks, save_model, save_tensors
-    from ..detectors import build_detector
-    from ..evaluate import TensorBatches, fit_detectors
-    from ..runtime import select_device
+    from ..data.batches import TensorBatches
+    from ..detectors.base import build_detector
+    from ..eval.evaluate import fit_detectors
+    from ..utils.runtime import select_device
 
     req.check()
     detector = build_detector(req.score)
     if req.format == "onnx" and detector.needs_inputs:
         raise UserError(f"{req.score} needs its own gradient pass over the inputs, not one forward pass; "
                         "it cannot be an ONNX graph: export it with --format torch")
+    if req.format == "onnx":  # before loading anything: without the extra the export cannot finish
+        from .onnx_export import require_deploy_extra
+
+        require_deploy_extra()
     src = load_run_model(req)
     scorer = materialize_masks(src.model, src.masks) if src.masks else src.model
     net = ScoringNet(src.model, scorer, detector).to(select_device(req.device))

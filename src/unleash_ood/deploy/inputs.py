@@ -1,6 +1,6 @@
 """``detect``'s inputs and output: ``npz:PATH``, ``folder:PATH`` or image files in, one CSV row per image out.
 
-Images are converted like OOD sets (:func:`unleash_ood.data.ood.to_image_format`: uint8 or [0, 1] floats,
+Images are converted like OOD sets (:func:`unleash_ood.data.images.to_image_format`: uint8 or [0, 1] floats,
 channels matched by luminance / replication, bilinear antialiased resize to the bundle's input size).
 """
 
@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..report import write_text
+from ..utils.files import write_text
 from .detector import Predictions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -50,7 +50,7 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_files(files: list[Path], shape: tuple[int, int, int], desc: str) -> torch.Tensor:
-    from ..data.ood import to_image_format
+    from ..data.images import to_image_format
 
     out = torch.empty((len(files), *shape), dtype=torch.float32)
     for i, path in enumerate(tqdm(files, desc=desc, unit="img", disable=len(files) < 100, leave=False)):
@@ -60,7 +60,7 @@ def read_files(files: list[Path], shape: tuple[int, int, int], desc: str) -> tor
 
 def load_inputs(specs: list[str], shape: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
     """Every input image in order, with its ``source`` (a path, or ``file.npz[i]``)."""
-    from ..data.ood import load_ood
+    from ..data.specs import load_ood
 
     sources: list[str] = []
     images: list[torch.Tensor] = []
@@ -103,7 +103,7 @@ def predictions_csv(sources: list[str], pred: Predictions) -> str:
 def detect(bundle: str | Path, specs: list[str], out: str | Path, device: str = "cpu",
            batch_size: int = 512) -> Predictions:
     """Load ``bundle``, score every input image, write the CSV atomically (nothing on any error)."""
-    from ..runtime import select_device
+    from ..utils.runtime import select_device
     from .detector import OODDetector
 
     det = OODDetector.load(bundle).to(select_device(device))  # a clear error for cuda without a GPU

@@ -2,8 +2,9 @@
 
 For UMAP the class comes from the unmasked classifier and the score from the masked network (the mask
 covers every conv and linear layer, so the two share no layer: two forward passes). The mask is
-materialized into a copy of the weights (``W ⊙ m``, the same product the evaluation's parametrization
-computes), so there are no mask ops at inference and the ONNX graph is plain.
+materialized into a copy of the weights (``W ⊙ m``, computed by the evaluation's own parametrization,
+:class:`~unleash_ood.masking.FixedMask`, so even its memory layout is the one the evaluation convolves with),
+so there are no mask ops at inference and the ONNX graph is plain.
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ import copy
 import torch
 from torch import nn
 
-from ..detectors import Detector
+from ..detectors.base import Detector
 from ..errors import UserError
-from ..evaluate import classifier_layer, to_model_input
-from ..masking import maskable_layers
+from ..eval.forward import classifier_layer, to_model_input
+from ..masking import FixedMask, maskable_layers
 
 
 def materialize_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    """A copy of ``model`` whose masked layers hold ``W ⊙ m`` as plain weights."""
+    """A copy of ``model`` whose masked layers hold ``W ⊙ m`` as plain weights.
+
+    The product is :class:`FixedMask`'s output itself, strides included: writing it into the weight in
+    place would keep the weight's layout, and a layer with one input channel (ambiguous under channels_last)
+    would then run another convolution kernel than the parametrized evaluation — a different summation
+    order, float32 features ~1 ulp apart, which the Mahalanobis quadratic form amplifies.
+    """
     out = copy.deepcopy(model)
     layers = maskable_layers(out)
     unknown = sorted(set(masks) - set(layers))
@@ -32,7 +39,8 @@ def materialize_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Mo
             if tuple(mask.shape) != tuple(weight.shape):
                 raise UserError(f"mask for layer {name!r} has shape {tuple(mask.shape)}, "
                                 f"weight has {tuple(weight.shape)}")
-            weight.copy_(weight * mask.to(weight.device, weight.dtype))
+            product = FixedMask(mask.to(weight.device))(weight)  # what apply_masks computes per forward
+            layers[name].weight = nn.Parameter(product, requires_grad=weight.requires_grad)
     return out
 
 

@@ -7,6 +7,7 @@ exporter needs ``onnx`` and ``onnxscript`` (the ``deploy`` extra).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import warnings
 from pathlib import Path
@@ -17,6 +18,20 @@ from ..errors import UserError
 from .net import ScoringNet
 
 OPSET = 18
+DEPLOY_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the `deploy` extra: export, then calibrate on onnxruntime
+
+
+def require_deploy_extra() -> None:
+    """A UserError naming the missing modules when ``--format onnx`` cannot run; called before any work."""
+    missing = []
+    for name in DEPLOY_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(f"--format onnx needs onnx, onnxscript and onnxruntime ({', '.join(missing)} "
+                        "not installed): pip install 'unleash-ood[deploy]'")
 
 
 def export_onnx(net: ScoringNet, path: Path, example: torch.Tensor) -> Path:

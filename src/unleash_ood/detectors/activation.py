@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..scores import energy_score
 from .base import Detector, FitData, classifier_stats, linear, register
+from .logit import energy_score
 from .params import PercentileParams, ScaleParams
 
 

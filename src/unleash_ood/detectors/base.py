@@ -14,19 +14,15 @@ torch-free table of :mod:`.params` (the same Params classes and flags).
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import ValidationError
 
 from ..errors import UserError
 from .params import Params, PercentileParams, check_names  # noqa: F401  (re-exported)
-
-if TYPE_CHECKING:
-    from ..deploy import OODDetector
 
 
 @dataclass
@@ -86,19 +82,6 @@ class Detector:
         self.stats = {k: v.clone() for k, v in stats.items()}
         self.fitted = True
         return self
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> OODDetector:
-        """A deployed bundle (``unleash-ood export``) as an :class:`unleash_ood.deploy.OODDetector`.
-
-        ``Detector.load`` takes any bundle; ``Energy.load`` etc. also check the bundle's score.
-        """
-        from ..deploy import OODDetector
-
-        det = OODDetector.load(path)
-        if cls is not Detector and det.spec.score.name != cls.name:
-            raise UserError(f"bundle {path} holds a {det.spec.score.name} detector, not {cls.name}")
-        return det
 
     def config(self) -> dict[str, Any]:
         return self.params.model_dump()

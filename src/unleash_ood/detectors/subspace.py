@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..scores import energy_score
 from .base import Detector, FitData, classifier_stats, fit_error, register
+from .logit import energy_score
 from .params import ViMParams
 
 

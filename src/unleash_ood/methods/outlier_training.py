@@ -24,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import runtime
+from ..config import OptimConfig
+from ..data.batches import TensorBatches, split_batch
 from ..errors import UserError
-from ..evaluate import TensorBatches, classifier_layer, collect_outputs, split_batch, to_model_input
+from ..eval.forward import classifier_layer, collect_outputs, to_model_input
 from ..masking import check_keep_ratio
-from ..train import OptimConfig, StepLoss, train
+from ..utils import runtime
 from .outliers import PoemSelector, boundary_targets, energy_loss, oe_loss
+from .train import StepLoss, train
 from .um import check_zeta, flooding_loss
 from .umap import MaskHooks, learn_mask
 
@@ -67,7 +69,7 @@ class PairedBatches:
     """One epoch of ``((x_in, y_in), x_out)`` pairs: every ID batch with an auxiliary batch.
 
     ``id_batches`` is any re-iterable of labelled ``(x, y)`` batches (a shuffled
-    :class:`~unleash_ood.evaluate.TensorBatches`). Auxiliary batches of ``aux_batch_size`` images
+    :class:`~unleash_ood.data.batches.TensorBatches`). Auxiliary batches of ``aux_batch_size`` images
     (default: the ID batch size, as in the authors' code; the paper states 2000, which leaves the
     shared train-mode BatchNorm batches ~97% auxiliary) are drawn without replacement from
     ``aux[indices]`` (all of ``aux`` by default) in a fresh random order at the start of every
@@ -145,7 +147,7 @@ class PairedBatches:
 
 def outlier_step(method: str, zeta: float | None = None, lam: float = 0.5, energy_weight: float = 0.1,
                  m_in: float = -25.0, m_out: float = -7.0) -> StepLoss:
-    """Step loss on a ``((x_in, y_in), x_out)`` batch for :func:`unleash_ood.train.train`.
+    """Step loss on a ``((x_in, y_in), x_out)`` batch for :func:`unleash_ood.methods.train.train`.
 
     One forward pass over ``cat([x_in, x_out])``; the logits are split back. The ID term is the
     batch-mean CE, or ``flooding_loss(CE, ζ)`` when ``zeta`` is given (+UM / +UMAP). ``oe`` adds

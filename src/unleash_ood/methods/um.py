@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import runtime
+from ..config import OptimConfig
+from ..data.batches import split_batch
 from ..errors import UserError
-from ..evaluate import split_batch, to_model_input
+from ..eval.forward import to_model_input
 from ..masking import check_keep_ratio, masked, random_layer_masks
-from ..train import OptimConfig, StepLoss, train
+from ..utils import runtime
+from .train import StepLoss, train
 
 
 def flooding_loss(ce: torch.Tensor, zeta: float, global_ce: torch.Tensor | None = None) -> torch.Tensor:
@@ -34,7 +36,7 @@ def flooding_loss(ce: torch.Tensor, zeta: float, global_ce: torch.Tensor | None 
 
 
 def flooding_step(zeta: float) -> StepLoss:
-    """A step loss for :func:`unleash_ood.train.train`: flooding on the batch-mean CE (of the global
+    """A step loss for :func:`unleash_ood.methods.train.train`: flooding on the batch-mean CE (of the global
     batch under torchrun, see :func:`flooding_loss`)."""
 
     def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ..config import OptimConfig
 from ..masking import add_popup_masks, check_keep_ratio, maskable_layers, popup_binary_masks, remove_masks
-from ..train import OptimConfig, StepLoss, TrainScope, train
+from .train import StepLoss, TrainScope, train
 from .um import check_zeta, flooding_step
 
 

@@ -3,7 +3,7 @@
 Module names follow the WRN used by the OOD literature (Hendrycks et al.; pytorch-ood's pretrained
 CIFAR WRN-40-2), so such a checkpoint maps onto ``wrn40_2`` by renaming keys only:
 ``blockK.layer.I.`` → ``blockK.I.`` and ``convShortcut`` → ``shortcut``; every other key and all shapes
-already agree. The mapping is in ``unleash_ood.pretrained`` (``pytorch-ood:NAME``, ``import-weights``).
+already agree. The mapping is in ``unleash_ood.models.pretrained`` (``pytorch-ood:NAME``, ``import-weights``).
 Input normalization lives in ``normalize``, whose
 buffers are not persistent, so it adds no state_dict keys; the reference normalizes in its data transform,
 so pass that transform's statistics as ``mean``/``std`` when loading such weights.
