@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from unleash_ood.data.batches import TensorBatches
-from unleash_ood.models import build_model
 from unleash_ood.config import OptimConfig
+from unleash_ood.data.batches import TensorBatches
 from unleash_ood.methods.train import train
+from unleash_ood.models import build_model
 
 # Tiny models on a shared 2-core machine: intra-op threads cost far more than they give
 # (measured ~17x slower fwd/bwd of the width-8 CNN with 2 threads under load).
@@ -100,10 +100,10 @@ EPS64 = 2.0**-53
 def f32_tol(magnitude, n_terms: int, random_walk: bool = False, eps: float = EPS32):
     """How far two float32 evaluations of one sum of ``n_terms`` terms, in different orders, may differ.
 
-    Each lies within n·eps·Σ|terms| of the exact sum (Higham, Accuracy and Stability, §4.2), so the two
-    within 2·n·eps·Σ|terms|; ``random_walk``: √n instead of n (independent roundings, for long chains —
-    whole networks, training runs — whose worst case is never reached). ``magnitude`` is Σ|terms| or a
-    bound of it (a number or an array).
+    Each lies within γ_n·Σ|terms| ≈ n·eps·Σ|terms| of the exact sum (Higham, Accuracy and Stability of
+    Numerical Algorithms, §3.1), so the two within 2·n·eps·Σ|terms|; ``random_walk``: √n instead of n
+    (independent roundings, for long chains — whole networks, training runs — whose worst case is never
+    reached). ``magnitude`` is Σ|terms| or a bound of it (a number or an array).
     """
     n = math.sqrt(n_terms) if random_walk else n_terms
     tol = 2 * n * eps * np.asarray(magnitude, dtype=np.float64)
@@ -157,3 +157,24 @@ def assert_within(actual, desired, tol, rtol: float = 0.0, err_msg: str = "") ->
         i = np.unravel_index(np.argmax(np.where(bad, diff / np.maximum(limit, 1e-300), -1.0)), d.shape)
         raise AssertionError(f"{err_msg} {int(bad.sum())} of {bad.size} elements beyond tolerance; worst at {i}: "
                              f"actual {a[i]!r}, desired {d[i]!r}, |diff| {diff[i]:.3g} > {limit[i]:.3g}")
+
+
+def layout_like(model: nn.Module, like: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers have the strides of ``like``'s (the same
+    architecture): the same kernels then run, so equal weights give equal outputs, bit for bit (a
+    channels_last and a contiguous copy of one network round differently)."""
+    out = copy.deepcopy(model)
+    mine, theirs = [*out.parameters(), *out.buffers()], [*like.parameters(), *like.buffers()]
+    assert [t.shape for t in mine] == [t.shape for t in theirs]
+    with torch.no_grad():
+        for t, ref in zip(mine, theirs):
+            t.data = torch.empty_strided(ref.shape, ref.stride(), dtype=t.dtype).copy_(t.data)
+    return out
+
+
+def sgd_tol(steps: int, lr: float, momentum: float, n_terms: int, grad_bound: float = 1.0) -> float:
+    """How far two float32 SGD runs may drift apart whose gradients are the same sums in other orders (DDP's
+    all-reduced half-batch gradients against one batch's): each step's gradient differs by the random-walk
+    :func:`f32_tol` of its ``n_terms``-term sums (terms bounded by ``grad_bound``), momentum μ carries a
+    difference into updates worth ≤ 1/(1 − μ) of it, and over a few small steps the drift adds up."""
+    return steps * lr / (1 - momentum) * f32_tol(grad_bound, n_terms, random_walk=True)

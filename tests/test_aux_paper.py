@@ -12,12 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from unleash_ood.data.auxiliary import (aux_record_json, check_aux_overlap, load_aux_pool, parse_aux_spec,
-    read_imagenet64_batch)
-from unleash_ood.data.cifar import write_fake_cifar
+from unleash_ood.config import build_config, parse_aux_spec
+from unleash_ood.data.auxiliary import aux_record_json, check_aux_overlap, load_aux_pool, read_imagenet64_batch
 from unleash_ood.data.auxpool import load_auxiliary_pool
+from unleash_ood.data.cifar import write_fake_cifar
 from unleash_ood.errors import UserError
-from unleash_ood.config import build_config
 
 OUTLIER_RECIPES = ("cifar10_densenet100_outliers", "cifar100_densenet100_outliers")
 
@@ -162,8 +161,8 @@ def test_outlier_recipes_have_the_paper_settings() -> None:
 
 
 def test_run_recipe_with_outliers_end_to_end(tmp_path: Path, capsys) -> None:
-    from unleash_ood.models.checkpoint import load_tensors
     from unleash_ood.cli import main
+    from unleash_ood.models.checkpoint import load_tensors
     from unleash_ood.run.recipes import run_recipe
 
     root = tmp_path / "data"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import assert_state_equal, small_cnn, state_copy
-from unleash_ood.utils.files import atomic_write
-from unleash_ood.models.checkpoint import load_into, load_masks, load_tensors, save_masks, save_model, save_tensors
+
 from unleash_ood.errors import UserError
 from unleash_ood.masking import random_layer_masks
 from unleash_ood.models import build_model
+from unleash_ood.models.checkpoint import load_into, load_masks, load_tensors, save_masks, save_model, save_tensors
+from unleash_ood.utils.files import atomic_write
 
 META = {"arch": "small_cnn", "num_classes": 10, "width": 8, "note": "ünïcode ✓", "zeta": 0.1}
 

@@ -7,9 +7,8 @@ import json
 import pytest
 
 from unleash_ood.cli import main
-from unleash_ood.config import PRESET_DIR, load_preset, merge
+from unleash_ood.config import PRESET_DIR, build_config, load_preset, merge
 from unleash_ood.errors import UserError
-from unleash_ood.config import build_config
 
 
 def _effective(capsys, argv: list[str]) -> dict:

@@ -13,12 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from unleash_ood.config import DataConfig, DemoConfig, validate
+from unleash_ood.config import (
+    DEFAULT_FAR,
+    DEFAULT_NEAR,
+    GROUPS,
+    DataConfig,
+    DemoConfig,
+    config_groups,
+    group_specs,
+    validate,
+)
 from unleash_ood.data import load_id_data
-from unleash_ood.data.builtin import BUILTIN, GROUPS, OFFLINE_SETS, Sources
+from unleash_ood.data.builtin import BUILTIN, OFFLINE_SETS, Sources
 from unleash_ood.data.fashion import CLASSES
 from unleash_ood.data.glyphs import available_fonts, default_font_dirs, load_glyphs, split_fonts
-from unleash_ood.config import DEFAULT_FAR, DEFAULT_NEAR, config_groups, group_specs
 from unleash_ood.data.specs import load_ood
 from unleash_ood.errors import UserError
 

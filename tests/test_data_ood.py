@@ -14,8 +14,8 @@ from PIL import Image
 from unleash_ood.data.auxpool import AUX_PICTURES, load_auxiliary_pool
 from unleash_ood.data.builtin import OFFLINE_SETS as BUILTIN_OOD
 from unleash_ood.data.builtin import PHOTO_PICTURES, TEXTURE_PICTURES
-from unleash_ood.data.specs import load_ood, load_ood_suite, ood_name
 from unleash_ood.data.images import to_image_format
+from unleash_ood.data.specs import load_ood, load_ood_suite, ood_name
 from unleash_ood.errors import UserError
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]

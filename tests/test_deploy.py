@@ -13,22 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_within, energy_tol, linear_tol, net_rel_tol
 from PIL import Image
 
 import unleash_ood as uo
-from unleash_ood.models.checkpoint import save_masks, save_model
 from unleash_ood.cli import main
 from unleash_ood.config import DemoConfig, validate
 from unleash_ood.data import load_id_data
-from unleash_ood.deploy.export import ExportRequest, calibrate_threshold, export_run
-from unleash_ood.deploy.detector import OODDetector
-from unleash_ood.errors import UserError
-from unleash_ood.masking import random_layer_masks
 from unleash_ood.data.batches import TensorBatches
+from unleash_ood.deploy.detector import OODDetector
+from unleash_ood.deploy.export import ExportRequest, calibrate_threshold, export_run
+from unleash_ood.errors import UserError
 from unleash_ood.eval.forward import classifier_layer, collect_outputs
+from unleash_ood.masking import random_layer_masks
+from unleash_ood.models.checkpoint import save_masks, save_model
 from unleash_ood.run.pipeline import eval_run
 from unleash_ood.utils.files import write_json
-from conftest import assert_within, energy_tol, linear_tol, net_rel_tol
 
 DATA = {"train_size": 1000, "val_size": 1000, "test_size": 1000, "ood": ["gaussian", "digits"],
         "ood_size": 200, "val_ood_size": 100}

@@ -10,20 +10,20 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import assert_within, energy_tol, f32_tol, knn_tol, linear_tol
 from torch import nn
 
 from unleash_ood.config import DemoConfig, ScoresConfig, validate
+from unleash_ood.data.batches import TensorBatches
+from unleash_ood.detectors import distance
 from unleash_ood.detectors.base import DETECTORS, FitData, build_detector
 from unleash_ood.detectors.params import TABLE_ORDER
-from unleash_ood.detectors import distance
 from unleash_ood.detectors.subspace import vim_default_dim
 from unleash_ood.errors import UserError
-from unleash_ood.data.batches import TensorBatches
-from unleash_ood.eval.forward import collect_outputs
-from unleash_ood.eval.evaluate import evaluate
+from unleash_ood.eval.evaluate import configured_detectors, evaluate
 from unleash_ood.eval.features import flatten_features, save_features
+from unleash_ood.eval.forward import collect_outputs
 from unleash_ood.masking import apply_masks, random_layer_masks, remove_masks
-from conftest import assert_within, energy_tol, f32_tol, knn_tol, linear_tol
 
 RNG = np.random.default_rng(0)
 
@@ -339,17 +339,17 @@ def test_scores_config_defaults_list_form_and_params() -> None:
     assert cfg.scores.use == list(TABLE_ORDER) and set(TABLE_ORDER) == set(DETECTORS)
     dumped = cfg.model_dump()["scores"]
     assert dumped["KNN"] == {"k": 50} and dumped["GEN"] == {"gamma": 0.1, "M": 100} and dumped["ViM"] == {"dim": None}
-    assert [d.name for d in cfg.scores.detectors()] == list(TABLE_ORDER)
+    assert [d.name for d in configured_detectors(cfg.scores)] == list(TABLE_ORDER)
     old = validate(DemoConfig, {"scores": ["MSP", "KNN"]})
     assert old.scores.use == ["MSP", "KNN"] and old.model_dump()["scores"] == {"use": ["MSP", "KNN"], "MSP": {}, "KNN": {"k": 50}}
     tuned = validate(DemoConfig, {"scores": {"KNN": {"k": 10}, "ASH-B": {"percentile": 65}}})
-    knn = next(d for d in tuned.scores.detectors() if d.name == "KNN")
+    knn = next(d for d in configured_detectors(tuned.scores) if d.name == "KNN")
     assert knn.params.k == 10 and tuned.scores.params("ASH-B") == {"percentile": 65.0}
     again = validate(DemoConfig, tuned.model_dump())  # config.json round-trips
     assert again.model_dump() == tuned.model_dump()
     sub = tuned.scores.subset(["KNN", "MSP"])
     assert sub.use == ["KNN", "MSP"] and sub.params("KNN") == {"k": 10}
-    assert ScoresConfig.model_validate(["Energy"]).detectors()[0].name == "Energy"
+    assert configured_detectors(ScoresConfig.model_validate(["Energy"]))[0].name == "Energy"
 
 
 @pytest.mark.parametrize("data,key", [

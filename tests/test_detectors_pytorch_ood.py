@@ -16,14 +16,23 @@ from __future__ import annotations
 import pytest
 import pytorch_ood.detector as pood
 import torch
+from conftest import (
+    EPS64,
+    assert_within,
+    energy_tol,
+    f32_tol,
+    knn_tol,
+    linear_tol,
+    net_rel_tol,
+    randomize_bn,
+)
 
-from unleash_ood.models import pretrained
-from unleash_ood.detectors.base import FitData, build_detector
 from unleash_ood.data.batches import TensorBatches
-from unleash_ood.eval.forward import collect_outputs
-from unleash_ood.models.checkpoint import load_checkpoint
+from unleash_ood.detectors.base import FitData, build_detector
 from unleash_ood.detectors.logit import odin_score
-from conftest import randomize_bn
+from unleash_ood.eval.forward import collect_outputs
+from unleash_ood.models import pretrained
+from unleash_ood.models.loading import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -75,25 +84,47 @@ def test_odin(setup) -> None:
 
 
 def test_mahalanobis(setup) -> None:
+    """pytorch-ood's algorithm run in float64 (its float32 inverse of the covariance would round by up to
+    ~cond · 2⁻²⁴); what remains is its ridge: (NΣ + εI)⁻¹ = (Σ + ε/N·I)⁻¹ / N, whose eigenvalues
+    1/(λ + ε/N) differ from 1/λ by at most (ε/N)/λ_min(Σ) relative — so does every quadratic form."""
     _, data, test, _ = setup
-    theirs = pood.Mahalanobis(None).fit_features(data.features, data.labels).predict_features(test.features)
-    _close(_ours("Mahalanobis", data, test), -theirs * 2 * len(data.features), rtol=2e-3, atol=1e-2)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # its covariance accumulator is a torch.zeros
+    try:
+        theirs = pood.Mahalanobis(None).fit_features(data.features.double(), data.labels).predict_features(
+            test.features.double())
+    finally:
+        torch.set_default_dtype(previous)
+    ours = build_detector("Mahalanobis").fit(data)
+    eig = torch.linalg.eigvalsh(ours.stats["precision"])
+    ridge = 1e-6 / len(data.features) * eig.max().item()  # (ε/N) / λ_min(Σ), λ_min(Σ) = 1 / λ_max(Σ⁻¹)
+    rtol = ridge / (1 - ridge) + f32_tol((eig.max() / eig.min()).item(), data.features.shape[1], eps=EPS64)
+    _close(ours.score(test.logits, test.features).double(), -theirs * 2 * len(data.features), rtol=rtol, atol=0)
 
 
 def test_knn(setup) -> None:
     _, data, test, _ = setup
     for k in (50, 7):
         theirs = pood.KNN(None, k=k).fit_features(data.features, data.labels).predict_features(test.features)
-        _close(_ours("KNN", data, test, k=k), -theirs)
+        assert_within(_ours("KNN", data, test, k=k), -theirs.double(), knn_tol(theirs.double(), test.features.shape[1]))
 
 
-def test_vim(setup) -> None:
+def test_vim(setup, monkeypatch) -> None:
+    """pytorch-ood's ViM casts to float32, whose eigenvectors at an eigengap of ~4e-4 (dim 16) are only
+    known to ~2⁻²⁴·N·‖Σ‖/gap ~ 1: its algorithm is run in float64 here (``.float()`` → ``.double()``).
+    Ours takes the network's float32 logits for the energy, it the float64 h Wᵀ + b: that is the difference
+    (the float64 eigenvectors are good to ~1e-11)."""
     _, data, test, _ = setup
+    h, w, b = test.features.double(), data.weight.double(), data.bias.double()
+    energy = torch.logsumexp(h @ w.T + b, 1).numpy()
+    tol = energy_tol(linear_tol(h.numpy(), w.numpy(), b.numpy()), energy)
     for dim in (16, 8):
-        vim = pood.ViM(None, d=dim, w=data.weight, b=data.bias).fit_features(data.features, data.labels)
-        # pytorch-ood works in float32 (ours float64): its eigenvectors for eigenvalues ~1e-4, scaled by α ≈ 40,
-        # differ by ~1e-3 on scores of magnitude ~5; a wrong subspace or α would be off by ≫ 0.1
-        _close(_ours("ViM", data, test, dim=dim), -vim.predict_features(test.features), rtol=1e-3, atol=5e-3)
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "float", torch.Tensor.double)
+            theirs = pood.ViM(None, d=dim, w=data.weight, b=data.bias).fit_features(
+                data.features, data.labels).predict_features(test.features)
+        assert theirs.dtype == torch.float64
+        assert_within(_ours("ViM", data, test, dim=dim), -theirs, tol, err_msg=f"dim {dim}")
 
 
 def test_react_ash_scale(setup) -> None:
@@ -137,4 +168,8 @@ def test_matches_pytorch_ood_wide_resnet(tmp_path) -> None:
     x = torch.rand(2, 3, 32, 32)
     mean, std = torch.tensor(entry.mean).view(1, 3, 1, 1), torch.tensor(entry.std).view(1, 3, 1, 1)
     with torch.no_grad():
-        torch.testing.assert_close(ours.eval()(x), ref((x - mean) / std), rtol=1e-5, atol=1e-4)
+        got, want = ours.eval()(x), ref((x - mean) / std)
+    # two 40-layer networks, other kernels (its layout, its pooling): float32 bounds on the logits
+    h = collect_outputs(ours, TensorBatches(x, batch_size=len(x))).features.double().numpy()
+    fc = ours.fc
+    assert_within(got, want, linear_tol(h, fc.weight.detach().double(), fc.bias.detach().double(), net_rel_tol(ours)))

@@ -177,12 +177,12 @@ def test_run_dir_turns_any_os_error_into_one_line_with_the_last_checkpoint(tmp_p
 
 
 def test_an_os_error_outside_a_run_is_one_line(monkeypatch, capsys) -> None:
-    from unleash_ood import cli
+    from unleash_ood.cli import pipeline
 
     def full(args) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/bundle/model.onnx")
 
-    monkeypatch.setattr(cli, "cmd_config", full)
+    monkeypatch.setattr(pipeline, "cmd_config", full)
     assert main(["config"]) == 2
     assert capsys.readouterr().err == "unleash-ood: error: /data/bundle/model.onnx: No space left on device\n"
 

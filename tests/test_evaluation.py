@@ -9,10 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from unleash_ood.config import DataConfig
-from unleash_ood.eval.models import ModelsEvaluation, evaluate_models, track, validation_metrics
+from unleash_ood.data.prepared import EVAL_BATCH, prepare_data
+from unleash_ood.eval.models import (
+    ModelsEvaluation,
+    evaluate_models,
+    track,
+    validation_metrics,
+)
 from unleash_ood.masking import maskable_layers
 from unleash_ood.metrics import accuracy, ood_metrics
-from unleash_ood.data.prepared import EVAL_BATCH, prepare_data
 
 
 @pytest.fixture(scope="module")

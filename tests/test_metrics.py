@@ -7,8 +7,15 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from unleash_ood.errors import UserError
-from unleash_ood.metrics import (accuracy, aupr_in, aupr_out, auroc, fpr_at_95_tpr, fpr_at_95_tpr_ood_positive,
-    ood_metrics)
+from unleash_ood.metrics import (
+    accuracy,
+    aupr_in,
+    aupr_out,
+    auroc,
+    fpr_at_95_tpr,
+    fpr_at_95_tpr_ood_positive,
+    ood_metrics,
+)
 
 
 def _sk_fpr95(id_s: np.ndarray, ood_s: np.ndarray) -> float:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import small_cnn
-from unleash_ood.models.checkpoint import save_model
+
 from unleash_ood.errors import UserError
 from unleash_ood.models import build_model
+from unleash_ood.models.checkpoint import save_model
 
 
 @pytest.mark.parametrize("arch, kwargs, bad, accepted", [
@@ -26,7 +26,7 @@ def test_known_kwargs_still_build() -> None:
 
 
 def test_checkpoint_metadata_with_unknown_kwargs_is_a_user_error(tmp_path) -> None:
-    from unleash_ood.models.checkpoint import load_checkpoint
+    from unleash_ood.models.loading import load_checkpoint
 
     path = save_model(tmp_path / "m.safetensors", small_cnn(),
                       {"arch": "small_cnn", "model_kwargs": {"width": 8, "depthh": 3}, "num_classes": 10})

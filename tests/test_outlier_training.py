@@ -8,16 +8,23 @@ import pytest
 import torch
 from torch import nn
 
-from unleash_ood.errors import UserError
+from unleash_ood.config import OptimConfig
 from unleash_ood.data.batches import TensorBatches
+from unleash_ood.errors import UserError
 from unleash_ood.eval.forward import collect_outputs
-from unleash_ood.methods.outlier_training import (METHODS, WITHS, FinetuneSettings, PairedBatches,
-    finetune_with_outliers, outlier_step, run_name)
+from unleash_ood.methods.outlier_training import (
+    METHODS,
+    WITHS,
+    FinetuneSettings,
+    PairedBatches,
+    finetune_with_outliers,
+    outlier_step,
+    run_name,
+)
 from unleash_ood.methods.outliers import energy_loss, oe_loss, oe_regularizer
+from unleash_ood.methods.train import train
 from unleash_ood.methods.um import flooding_loss
 from unleash_ood.models.cnn import SmallCNN
-from unleash_ood.config import OptimConfig
-from unleash_ood.methods.train import train
 
 SHAPE = (1, 16, 16)
 NUM_CLASSES = 4
@@ -276,8 +283,8 @@ def test_umap_restores_the_model_when_training_fails():
 # --- the run directory ----------------------------------------------------------------------------
 
 def test_run_outlier_methods_writes_a_run(tmp_path, fmnist_full):
-    from unleash_ood.models.checkpoint import load_masks, load_tensors, save_model
     from unleash_ood.config import DemoConfig
+    from unleash_ood.models.checkpoint import load_masks, load_tensors, save_model
     from unleash_ood.run.outliers import run_outlier_methods
 
     cfg = DemoConfig.model_validate({
@@ -330,9 +337,8 @@ def test_default_aux_batch_gives_batchnorm_half_id_half_auxiliary():
 
 
 def test_outlier_recipes_default_to_the_id_batch_size():
-    from unleash_ood.config import DemoConfig
+    from unleash_ood.config import DemoConfig, build_config
     from unleash_ood.run.outliers import finetune_settings
-    from unleash_ood.config import build_config
 
     for name in ("cifar10_densenet100_outliers", "cifar100_densenet100_outliers"):
         cfg = build_config(name)

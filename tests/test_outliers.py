@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from unleash_ood.methods.outliers import (PoemSelector, boundary_targets, energy_loss, energy_regularizer,
-    free_energy, oe_loss, oe_regularizer)
+from unleash_ood.methods.outliers import (
+    PoemSelector,
+    boundary_targets,
+    energy_loss,
+    energy_regularizer,
+    free_energy,
+    oe_loss,
+    oe_regularizer,
+)
 
 E = math.e
 LOGITS_IN = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])

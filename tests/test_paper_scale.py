@@ -13,12 +13,19 @@ import torch
 from PIL import Image
 
 from unleash_ood.cli.paper import add_paper_parsers
+from unleash_ood.config import build_config, recipe_names
 from unleash_ood.data import default_patch, load_id_data, patch_shuffle
 from unleash_ood.data.cifar import load_cifar, write_fake_cifar
-from unleash_ood.data.suite import (PAPER_SUITE, SUITE, check_available, data_status, format_status,
-    load_suite_set, resize_center_crop)
+from unleash_ood.data.suite import (
+    PAPER_SUITE,
+    SUITE,
+    check_available,
+    data_status,
+    format_status,
+    load_suite_set,
+    resize_center_crop,
+)
 from unleash_ood.errors import UserError
-from unleash_ood.config import build_config, recipe_names
 
 TINY_MODEL = ["model.arch=small_cnn",
               "model.kwargs={in_channels: 3, width: 4, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}"]
@@ -259,12 +266,11 @@ class _NoTouch(dict):
 
 
 def test_select_keep_ratio_on_validation_only(root: Path, tmp_path: Path) -> None:
-    from unleash_ood.config import DataConfig, UMConfig
+    from unleash_ood.config import DataConfig, OptimConfig, UMConfig
+    from unleash_ood.data.prepared import Prepared
+    from unleash_ood.methods.train import train
     from unleash_ood.models import build_model
     from unleash_ood.run.select_keep import SelectionSettings, select_keep_ratio, validation_ood
-    from unleash_ood.data.prepared import Prepared
-    from unleash_ood.config import OptimConfig
-    from unleash_ood.methods.train import train
 
     d = load_id_data("cifar10", str(root), val_size=40, train_size=120, seed=0, download=False)
     prep = Prepared(d, _NoTouch(), patch_shuffle(d.val[0], 8, seed=0))

@@ -6,16 +6,15 @@ import importlib
 
 import pytest
 import torch
-
 from conftest import small_cnn
-from unleash_ood.utils import runtime
-from unleash_ood.config import ModelConfig
+
+from unleash_ood.config import ModelConfig, OptimConfig
 from unleash_ood.data import IDData
-from unleash_ood.errors import UserError
-from unleash_ood.run.stages import BaseTraining, train_base
 from unleash_ood.data.prepared import Prepared
+from unleash_ood.errors import UserError
 from unleash_ood.methods.train import NonFiniteLossError, load_state
-from unleash_ood.config import OptimConfig
+from unleash_ood.run.stages import BaseTraining, train_base
+from unleash_ood.utils import runtime
 
 train_mod = importlib.import_module("unleash_ood.methods.train")
 

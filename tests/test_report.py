@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unleash_ood.run.aggregate import aggregate, write_report
 from unleash_ood.config import DemoConfig, load_preset, validate
 from unleash_ood.errors import UserError
 from unleash_ood.eval.evaluate import Evaluation
 from unleash_ood.report.tables import CONVENTION, markdown_report, records_csv
+from unleash_ood.run.aggregate import aggregate, write_report
 from unleash_ood.run.seeds import check_seeds, run_seeds
 
 NEAR = {"glyphs": "near", "digits": "near"}

@@ -11,17 +11,17 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import sgd_tol, small_cnn
 from torch import nn
 
-from conftest import small_cnn
-from unleash_ood.utils import runtime
-from unleash_ood.data import IDData
-from unleash_ood.errors import UserError
-from unleash_ood.data.batches import TensorBatches
-from unleash_ood.run.stages import BaseTraining, train_base
-from unleash_ood.data.prepared import Prepared
 from unleash_ood.config import OptimConfig
+from unleash_ood.data import IDData
+from unleash_ood.data.batches import TensorBatches
+from unleash_ood.data.prepared import Prepared
+from unleash_ood.errors import UserError
 from unleash_ood.methods.train import load_state, train
+from unleash_ood.run.stages import BaseTraining, train_base
+from unleash_ood.utils import runtime
 
 train_mod = importlib.import_module("unleash_ood.methods.train")  # the package exports a function named train
 
@@ -177,7 +177,12 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     single = _tiny_model()
     x, y = _data()
     hist = train(single, TensorBatches(x, y, CFG.batch_size, shuffle=True, seed=0), CFG)
+    # the all-reduce sums the two half-batch gradients in another order than one batch does: float32 drift
+    # of 6 steps whose conv-weight gradients sum batch × 8 × 8 terms (each ≤ 1: |∂CE/∂z| ≤ 1, inputs in
+    # [0, 1], weights < 1); a loss moves by at most Σ|∂L/∂θ|·|δθ| ≤ n_params·drift
+    drift = sgd_tol(len(hist) * len(x) // CFG.batch_size, CFG.lr, CFG.momentum, CFG.batch_size * 8 * 8)
     for k, v in single.state_dict().items():
-        torch.testing.assert_close(got["state"][k], v, atol=1e-5, rtol=1e-5, msg=k)
+        torch.testing.assert_close(got["state"][k], v, atol=drift, rtol=0, msg=k)
+    n_params = sum(p.numel() for p in single.parameters())
     for a, b in zip(json.loads(got["hist"]), hist):  # records are global (reduced over ranks)
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["lr"] == pytest.approx(b["lr"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=0, abs=n_params * drift) and a["lr"] == pytest.approx(b["lr"])

@@ -7,15 +7,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import f32_tol
 
-from unleash_ood.errors import UserError
-from unleash_ood.detectors.base import FitData, build_detector
-from unleash_ood.eval.evaluate import Evaluation, evaluate, input_scores
 from unleash_ood.data.batches import TensorBatches
+from unleash_ood.detectors.base import FitData, build_detector
+from unleash_ood.detectors.logit import (
+    energy_score,
+    max_logit_score,
+    msp_score,
+    odin_score,
+)
+from unleash_ood.errors import UserError
+from unleash_ood.eval.evaluate import Evaluation, evaluate, input_scores
 from unleash_ood.eval.forward import collect_outputs
 from unleash_ood.metrics import ood_metrics
-from unleash_ood.detectors.logit import energy_score, max_logit_score, msp_score, odin_score
-from conftest import f32_tol
 
 E = math.e
 LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [-1.0, 4.0, 0.5]], dtype=torch.float64)

@@ -8,16 +8,22 @@ import statistics
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_state_equal, sgd_tol, state_copy
 
-from conftest import assert_state_equal, state_copy
-from unleash_ood.errors import UserError
-from unleash_ood.data.batches import TensorBatches, split_batch
-from unleash_ood.masking import maskable_layers, random_layer_masks
-from unleash_ood.methods.um import (ZetaEstimate, estimate_zeta, flooding_loss, flooding_step, mean_cross_entropy,
-    robust_zeta, unleash)
-from unleash_ood.methods.train import NonFiniteLossError, ce_step, train
 from unleash_ood.config import OptimConfig
-
+from unleash_ood.data.batches import TensorBatches, split_batch
+from unleash_ood.errors import UserError
+from unleash_ood.masking import maskable_layers, random_layer_masks
+from unleash_ood.methods.train import NonFiniteLossError, ce_step, train
+from unleash_ood.methods.um import (
+    ZetaEstimate,
+    estimate_zeta,
+    flooding_loss,
+    flooding_step,
+    mean_cross_entropy,
+    robust_zeta,
+    unleash,
+)
 
 # ------------------------------------------------------------------------------------ flooding
 
@@ -357,7 +363,11 @@ def test_flooding_under_ddp_equals_one_process(tmp_path) -> None:
     runtime.setup("cpu", "off")
     single = _tiny_model()
     hist = unleash(single, TensorBatches(x, y, DDP_CFG.batch_size, shuffle=True, seed=0), zeta, DDP_CFG)
+    # float32 drift of the all-reduced gradient sums (conftest.sgd_tol; as test_runtime's DDP test)
+    drift = sgd_tol(len(hist) * len(x) // DDP_CFG.batch_size, DDP_CFG.lr, DDP_CFG.momentum,
+                    DDP_CFG.batch_size * 8 * 8)
     for k, v in single.state_dict().items():
-        torch.testing.assert_close(got["state"][k], v, atol=1e-5, rtol=1e-5, msg=k)
+        torch.testing.assert_close(got["state"][k], v, atol=drift, rtol=0, msg=k)
+    n_params = sum(p.numel() for p in single.parameters())
     for a, b in zip(json.loads(got["hist"]), hist):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=0, abs=n_params * drift)

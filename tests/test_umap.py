@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_state_equal, state_copy
 from torch import nn
 from torch.nn.utils import parametrize
 
-from conftest import assert_state_equal, state_copy
-from unleash_ood.errors import UserError
+from unleash_ood.config import OptimConfig
 from unleash_ood.data.batches import TensorBatches
+from unleash_ood.errors import UserError
 from unleash_ood.masking import apply_masks, maskable_layers, masked, remove_masks, topk_mask
 from unleash_ood.methods.um import mean_cross_entropy
 from unleash_ood.methods.umap import learn_umap_mask
 from unleash_ood.models import build_model
-from unleash_ood.config import OptimConfig
 
 
 def no_parametrizations(model: nn.Module) -> bool:

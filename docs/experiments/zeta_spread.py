@@ -17,7 +17,7 @@ from pathlib import Path
 
 from unleash_ood.metrics import accuracy
 from unleash_ood.eval.forward import collect_outputs
-from unleash_ood.models.checkpoint import load_checkpoint
+from unleash_ood.models.loading import load_checkpoint
 from unleash_ood.run.layout import load_run_config
 from unleash_ood.data.prepared import prepare_data
 from unleash_ood.run.stages import run_um

@@ -43,6 +43,34 @@ SUITE_NAMES: tuple[str, ...] = ("cifar10", "cifar100", "svhn", "textures", "plac
 SUITE_DATASETS: tuple[str, ...] = ("cifar10", "cifar100")
 
 
+DEFAULT_ROOT = Path.home() / ".cache" / "unleash-ood"
+AUX_KINDS: tuple[str, ...] = ("builtin", "npz", "folder", "imagenet64", "tinyimages300k")
+AUX_FORMS = ("builtin, npz:PATH, folder:PATH, imagenet64:DIR (train_data_batch_1..10) or "
+             "tinyimages300k:PATH (a .npy file N×32×32×3 uint8)")
+
+
+def data_root(root: str | Path | None) -> Path:
+    """The data root: ``root``, else ``~/.cache/unleash-ood``."""
+    return Path(root).expanduser() if root else DEFAULT_ROOT
+
+
+def parse_aux_spec(spec: str, root: str | Path | None = None) -> tuple[str, Path | None]:
+    """``(kind, path)``; ``path`` is None for ``builtin``. ``{data_root}`` in a path is expanded."""
+    text = str(spec).strip()
+    if text.lower() == "builtin":
+        return "builtin", None
+    kind, sep, value = text.partition(":")
+    kind = kind.strip().lower()
+    if not sep or kind not in AUX_KINDS[1:]:
+        raise UserError(f"unknown auxiliary-outlier spec {spec!r}: use {AUX_FORMS}")
+    value = value.strip()
+    if not value:
+        raise UserError(f"auxiliary-outlier spec {spec!r}: missing path after '{kind}:'")
+    if "{data_root}" in value:
+        value = value.replace("{data_root}", str(data_root(root)))
+    return kind, Path(value).expanduser()
+
+
 def check_group(group: str, where: str) -> str:
     """``group`` if it is ``near`` or ``far``; otherwise one :class:`UserError` naming ``where``."""
     if group not in GROUPS:
@@ -91,7 +119,7 @@ def config_groups(near: Sequence[str] | None, far: Sequence[str] | None, ood: Se
 
 
 if TYPE_CHECKING:
-    from .detectors.base import Detector
+    pass
 
 
 class OptimConfig(BaseModel):
@@ -247,10 +275,8 @@ class OutlierConfig(_Strict):
     @field_validator("aux")
     @classmethod
     def _aux(cls, v: str) -> str:
-        if v == "builtin":  # the default needs no parsing (and no torch import: `config` stays fast)
+        if v == "builtin":
             return v
-        from .data.auxiliary import parse_aux_spec
-
         try:
             parse_aux_spec(v)
         except UserError as e:
@@ -302,12 +328,6 @@ class ScoresConfig(BaseModel):
     def params(self, name: str) -> dict:
         """The effective hyperparameters of detector ``name``."""
         return dict((self.__pydantic_extra__ or {}).get(name) or {})
-
-    def detectors(self) -> list[Detector]:
-        """Fresh, unfitted detectors of ``use``, with their configured hyperparameters."""
-        from .detectors.base import build_detector
-
-        return [build_detector(n, self.params(n)) for n in self.use]
 
     def subset(self, names: list[str]) -> ScoresConfig:
         """The same hyperparameters, another ``use`` list."""

@@ -20,8 +20,10 @@ from torch import nn
 from ..config import DataConfig, DemoConfig
 from ..data.prepared import Prepared, prepare_data
 from ..errors import UserError
+from ..eval.evaluate import configured_detectors
 from ..eval.models import evaluate_models
-from ..models.checkpoint import build, load_checkpoint, load_masks, model_meta, save_masks, save_model
+from ..models.checkpoint import load_masks, save_masks, save_model
+from ..models.loading import build, load_checkpoint, model_meta
 from ..run.stages import BaseTraining, resolve_zeta, run_um, run_umap, train_base
 from ..utils.files import atomic_write, write_json
 from ..utils.log import say
@@ -212,7 +214,7 @@ class Context:
     def evaluate(self, d: Path, label: str, models: Callable[[], dict], scores: list[str] | None = None,
                  keep_scores: bool = False) -> dict:
         """Evaluate ``models()`` (name → (model, mask|None)) once; the mean rows, cached in ``d``."""
-        detectors = self.scores_config(scores).detectors()
+        detectors = configured_detectors(self.scores_config(scores))
 
         def run(d: Path) -> dict:
             ev = evaluate_models(models(), self.prep, detectors)

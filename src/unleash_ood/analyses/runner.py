@@ -13,6 +13,7 @@ from pathlib import Path
 from ..utils.files import write_json
 from ..utils.log import say
 from .cache import Context, PrepCache
+from .claims import combine
 from .masks import mask_loss, weights
 from .presets import analysis_config
 from .sweeps import finetune_epochs, keep_ratio, prune_rate
@@ -66,8 +67,6 @@ def run_seeded(name: str, out: Path, seeds: Sequence[int], req: Request = Reques
     """Run ``name`` for each seed into ``out/seed<N>/`` (finished sub-runs are reused), then write the
     mean ± std over seeds, the paired comparisons with their verdicts, and the band figures into
     ``out``. Returns the combined summary (``out/summary.json``)."""
-    from .claims import combine
-
     shared = shared or out.parent
     t = time.perf_counter()
     seed_req = replace(req, docs=None)  # the combined figures (with the first seed's) are copied below

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import OptimConfig, UMConfig
+from ..eval.evaluate import configured_detectors
 from ..eval.models import evaluate_models
 from ..run.stages import run_um
 from . import figures
@@ -98,7 +99,7 @@ def typical_atypical(ctx: Context) -> dict:
             def run(d: Path, sub=sub) -> dict:
                 tuned, hist = run_um(base.load(ep), sub, um_cfg, 0.0, ctx.cfg.seed, ctx.cfg.data.augment)
                 # the subset is only what is fine-tuned on: detectors are fitted on the whole training set
-                ev = evaluate_models({"ft": (tuned, None)}, prep, ctx.scores_config().detectors())
+                ev = evaluate_models({"ft": (tuned, None)}, prep, configured_detectors(ctx.scores_config()))
                 return {"records": ev.records, "history": hist}
 
             res = ctx.subrun(ctx.out / f"{kind}_{n}", f"fine-tune epoch {ep} on {n} {kind} samples", run)

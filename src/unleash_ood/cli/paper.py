@@ -11,13 +11,11 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..run.layout import RunLayout
-from ..run.rundir import RunDir
 
 
 def cmd_data_list(args: argparse.Namespace) -> None:
-    from ..data.cifar import data_root
-    from ..data.mnistlike import fashion_status
+    from ..config import data_root
+    from ..data.builtin import fashion_status
     from ..data.suite import data_status, format_status
 
     rows = fashion_status(args.data_root) if args.id == "fashion_mnist" else data_status(args.data_root, args.id)
@@ -46,7 +44,9 @@ def _seeds_and_overrides(args: argparse.Namespace) -> tuple[list[int], list[str]
 
 def cmd_run(args: argparse.Namespace) -> None:
     from ..config import recipe_names
+    from ..run.layout import RunLayout
     from ..run.recipes import recipe_description, run_recipe
+    from ..run.rundir import RunDir
 
     if args.list or not args.recipe:
         for name in recipe_names():
@@ -64,6 +64,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from ..run.aggregate import write_report
+    from ..run.layout import RunLayout
+    from ..run.rundir import RunDir
 
     out = Path(args.out) if args.out else (Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else Path("report"))
     files = RunLayout(out).result_files("report")
@@ -74,6 +76,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_select_keep(args: argparse.Namespace) -> None:
+    from ..run.rundir import RunDir
+
     out = Path(args.out)
     with RunDir.for_command(out.parent, args, owns=(out.name,)):
         res, name = _select_keep(args, out)
@@ -93,7 +97,7 @@ def cmd_select_keep(args: argparse.Namespace) -> None:
 def _select_keep(args: argparse.Namespace, out: Path) -> tuple[dict, str]:
     from ..config import build_config
     from ..data.prepared import prepare_data
-    from ..models.checkpoint import load_checkpoint
+    from ..models.loading import load_checkpoint
     from ..run.select_keep import SelectionSettings, select_keep_ratio, validation_ood
 
     cfg = build_config(args.recipe, overrides=list(args.overrides), data_root=args.data_root or None)

@@ -7,7 +7,6 @@ import argparse
 from pathlib import Path
 
 from ..analyses.presets import ANALYSES, check_name
-from ..errors import UserError
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
@@ -99,18 +98,3 @@ def add_reproduce_parser(subparsers) -> None:
     r.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides (as for demo) and analysis.KEY=VALUE parameters")
     r.set_defaults(func=cmd_reproduce)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone ``reproduce`` entry point with the CLI's error convention (one line, exit 2)."""
-    import sys
-
-    p = argparse.ArgumentParser(prog="unleash-ood")
-    add_reproduce_parser(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    try:
-        args.func(args)
-    except UserError as e:
-        print(f"unleash-ood: error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -9,6 +9,7 @@ import torch
 from ..errors import UserError
 from .fashion import CLASSES as FASHION_CLASSES
 from .fashion import load_fashion_mnist
+from .cifar import load_cifar
 
 ID_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 
@@ -49,8 +50,6 @@ def load_id_data(name: str = "fashion_mnist", data_root: str | None = None, val_
         xt, yt = load_fashion_mnist(data_root, train=False, download=download)
         classes = FASHION_CLASSES
     else:
-        from .cifar import load_cifar
-
         x, y, classes = load_cifar(name, data_root, train=True, download=download)
         xt, yt, _ = load_cifar(name, data_root, train=False, download=download)
     heldout = None

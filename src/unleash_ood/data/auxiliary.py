@@ -37,14 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import AUX_KINDS, parse_aux_spec
 from ..errors import UserError
+from . import suite
 from .auxpool import load_auxiliary_pool
 from .images import check_count, check_image_shape, image_files, local_rng, read_image, to_image_format
 from .specs import load_npz
 
-AUX_KINDS: tuple[str, ...] = ("builtin", "npz", "folder", "imagenet64", "tinyimages300k")
-AUX_FORMS = ("builtin, npz:PATH, folder:PATH, imagenet64:DIR (train_data_batch_1..10) or "
-             "tinyimages300k:PATH (a .npy file N×32×32×3 uint8)")
 IMAGENET64_SIZE = 64
 CROP = 32
 _IMAGENET64_STREAM = 2000
@@ -61,25 +60,6 @@ _SAFE_GLOBALS = {
 
 
 # --------------------------------------------------------------------------- specs
-
-
-def parse_aux_spec(spec: str, data_root: str | Path | None = None) -> tuple[str, Path | None]:
-    """``(kind, path)``; ``path`` is None for ``builtin``. ``{data_root}`` in a path is expanded."""
-    text = str(spec).strip()
-    if text.lower() == "builtin":
-        return "builtin", None
-    kind, sep, value = text.partition(":")
-    kind = kind.strip().lower()
-    if not sep or kind not in AUX_KINDS[1:]:
-        raise UserError(f"unknown auxiliary-outlier spec {spec!r}: use {AUX_FORMS}")
-    value = value.strip()
-    if not value:
-        raise UserError(f"auxiliary-outlier spec {spec!r}: missing path after '{kind}:'")
-    if "{data_root}" in value:
-        from .cifar import data_root as _root
-
-        value = value.replace("{data_root}", str(_root(data_root)))
-    return kind, Path(value).expanduser()
 
 
 def _name(path: Path) -> str:
@@ -100,7 +80,6 @@ def check_aux_overlap(spec: str, ood_specs: Sequence[str], data_root: str | Path
     kind, path = parse_aux_spec(spec, data_root)
     if path is None:
         return
-    from . import suite
 
     aux_name = _name(path)
     for ood in ood_specs:

@@ -15,11 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import skimage.data
 import torch
+from sklearn.datasets import load_digits
 
-from ..config import GROUPS, check_group  # noqa: F401  (re-exported)
+from ..config import GROUPS, check_group, data_root  # noqa: F401  (re-exported)
 from ..errors import UserError
+from .glyphs import FONT_PACKAGES, load_glyphs
 from .images import local_rng, resize, to_image_format
+from .mnistlike import expected_path, load_mnist_like, read_test_images
 
 TEXTURE_PICTURES: tuple[str, ...] = ("brick", "grass", "gravel")
 PHOTO_PICTURES: tuple[str, ...] = (
@@ -74,14 +78,10 @@ def _rng(req: Request, name: str) -> np.random.Generator:
 
 def _digits(req: Request) -> torch.Tensor:
     """All 1,797 scikit-learn digits (8×8, values 0–16) upsampled to the ID size."""
-    from sklearn.datasets import load_digits
-
     return to_image_format(load_digits().images / 16.0, req.image_shape, source="sklearn digits")
 
 
 def _glyphs(req: Request) -> torch.Tensor:
-    from .glyphs import load_glyphs
-
     return load_glyphs(req.n, req.seed, req.image_shape, split="test")
 
 
@@ -96,9 +96,7 @@ def _heldout(req: Request) -> torch.Tensor:
 
 def _mnist_like(name: str) -> Callable[[Request], torch.Tensor]:
     def load(req: Request) -> torch.Tensor:
-        from .mnistlike import load_mnist_like
-
-        return load_mnist_like(name, req)
+        return load_mnist_like(name, req, BUILTIN[name].stream)
     return load
 
 
@@ -115,8 +113,6 @@ def _uniform(image_shape: tuple[int, int, int], rng: np.random.Generator, n: int
 
 def _load_picture(name: str) -> np.ndarray:
     """One bundled scikit-image picture (never one that needs a download)."""
-    import skimage.data
-
     picture = getattr(skimage.data, name)()
     if isinstance(picture, tuple):  # stereo_motorcycle: (left, right, disparity)
         picture = picture[0]
@@ -189,3 +185,23 @@ def builtin_group(name: str) -> str | None:
 def load_builtin(name: str, req: Request) -> torch.Tensor:
     """Load the built-in set ``name`` (a key of ``BUILTIN``)."""
     return BUILTIN[name].loader(req)
+
+
+def fashion_status(data_root_: str | None) -> list[dict]:
+    """``unleash-ood data list --id fashion_mnist``: one row per named set (the schema of
+    :func:`unleash_ood.data.suite.data_status`, with the near/far group as the role)."""
+    root = data_root(data_root_)
+    rows = []
+    for name, s in BUILTIN.items():
+        row = {"name": name, "title": s.description, "role": s.group, "expected": "built in", "present": True,
+               "found": None, "how": ""}
+        if s.needs == "files":
+            images = read_test_images(name, root) is not None
+            row.update(expected=f"{expected_path(name, root)}[.gz]", present=images,
+                       how="data.download=true on a machine with internet (torchvision), or copy the files there")
+        elif s.needs == "id_classes":
+            row.update(expected="with data.id_classes set (open-set protocol)")
+        elif name == "glyphs":
+            row.update(expected=f"fonts of matplotlib and /usr/share/fonts (more: apt-get install {FONT_PACKAGES})")
+        rows.append(row)
+    return rows

@@ -14,19 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 
+from ..config import data_root
 from ..errors import UserError
 
-DEFAULT_ROOT = Path.home() / ".cache" / "unleash-ood"
 LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
                 b"labels", b"label_names"),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", b"fine_labels", b"fine_label_names"),
 }
-
-
-def data_root(root: str | Path | None) -> Path:
-    return Path(root).expanduser() if root else DEFAULT_ROOT
 
 
 def how_to_get(name: str, root: Path) -> str:
@@ -62,8 +59,6 @@ def _get(d: dict, key: bytes):
 
 
 def download_cifar(name: str, root: str | Path | None) -> None:
-    import torchvision
-
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     r = data_root(root)
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 
 from ..errors import UserError
 
@@ -63,8 +64,6 @@ def _find_files(directory: Path, train: bool) -> tuple[Path, Path] | None:
 
 
 def _download(root: Path) -> None:
-    import torchvision
-
     try:
         for train in (True, False):
             torchvision.datasets.FashionMNIST(str(root), train=train, download=True)

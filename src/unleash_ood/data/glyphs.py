@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -57,8 +58,6 @@ class GlyphFont:
 
 def default_font_dirs() -> list[Path]:
     """matplotlib's bundled TrueType fonts, then the system's font folders."""
-    import matplotlib
-
     return [Path(matplotlib.get_data_path()) / "fonts" / "ttf", *SYSTEM_FONT_DIRS]
 
 

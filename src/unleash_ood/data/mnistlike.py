@@ -19,15 +19,19 @@ import gzip
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
 
+from ..config import data_root
 from ..errors import UserError
-from .builtin import BUILTIN, Request
-from .cifar import data_root
 from .fashion import parse_idx, read_idx
 from .images import local_rng, to_image_format
+
+if TYPE_CHECKING:
+    from .builtin import Request
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ def expected_path(name: str, root: Path) -> Path:
     return root / entry.folder / "raw" / entry.images
 
 
-def _read_images(name: str, root: Path) -> np.ndarray | None:
+def read_test_images(name: str, root: Path) -> np.ndarray | None:
     """The test images of ``name`` under ``root``, or None when no file is there."""
     path = expected_path(name, root)
     for candidate in (path.with_name(path.name + ".gz"), path):
@@ -70,8 +74,6 @@ def _read_images(name: str, root: Path) -> np.ndarray | None:
 
 
 def _download(name: str, root: Path) -> None:
-    import torchvision.datasets as tvd
-
     try:
         if name == "emnist-letters":
             tvd.EMNIST(str(root), split="letters", train=False, download=True)
@@ -82,13 +84,13 @@ def _download(name: str, root: Path) -> None:
                         f"{expected_path(name, root)}[.gz] instead") from None
 
 
-def load_mnist_like(name: str, req: Request) -> torch.Tensor:
-    """A seeded subset of ``req.n`` test images of ``name`` in the ID format (see the module doc)."""
+def load_mnist_like(name: str, req: Request, stream: int) -> torch.Tensor:
+    """A seeded subset (random stream ``stream``) of ``req.n`` test images of ``name`` in the ID format."""
     root = data_root(req.sources.data_root)
-    images = _read_images(name, root)
+    images = read_test_images(name, root)
     if images is None and req.sources.download:
         _download(name, root)
-        images = _read_images(name, root)
+        images = read_test_images(name, root)
     if images is None:
         raise UserError(f"OOD set {name!r} not found: put its test images at {expected_path(name, root)}[.gz] "
                         "(torchvision's layout under the data root, --data-root), or set data.download=true "
@@ -98,28 +100,6 @@ def load_mnist_like(name: str, req: Request) -> torch.Tensor:
                         f"got shape {images.shape}")
     if MNIST_LIKE[name].transposed:
         images = images.transpose(0, 2, 1)
-    rng = local_rng(req.seed, BUILTIN[name].stream)
+    rng = local_rng(req.seed, stream)
     idx = np.sort(rng.choice(len(images), size=min(req.n, len(images)), replace=False))
     return to_image_format(images[idx], req.image_shape, source=name)
-
-
-def fashion_status(data_root_: str | None) -> list[dict]:
-    """``unleash-ood data list --id fashion_mnist``: one row per named set (the schema of
-    :func:`unleash_ood.data.suite.data_status`, with the near/far group as the role)."""
-    from .glyphs import FONT_PACKAGES
-
-    root = data_root(data_root_)
-    rows = []
-    for name, s in BUILTIN.items():
-        row = {"name": name, "title": s.description, "role": s.group, "expected": "built in", "present": True,
-               "found": None, "how": ""}
-        if s.needs == "files":
-            images = _read_images(name, root) is not None
-            row.update(expected=f"{expected_path(name, root)}[.gz]", present=images,
-                       how="data.download=true on a machine with internet (torchvision), or copy the files there")
-        elif s.needs == "id_classes":
-            row.update(expected="with data.id_classes set (open-set protocol)")
-        elif name == "glyphs":
-            row.update(expected=f"fonts of matplotlib and /usr/share/fonts (more: apt-get install {FONT_PACKAGES})")
-        rows.append(row)
-    return rows

@@ -24,12 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
+from scipy.io import loadmat
 
+from ..config import data_root
 from ..errors import UserError
 from ..utils.files import atomic_write
-from .cifar import cifar_present, data_root, download_cifar, load_cifar
+from .builtin import Sources
+from .cifar import cifar_present, download_cifar, load_cifar
 from .images import image_files, pil_to_array, to_image_format
+from .specs import load_ood_suite, ood_name
 
 SUITE_SIZE = 32
 VALIDATION_SETS = ("tinyimagenet",)
@@ -195,7 +200,6 @@ def _download(name: str, root: str | Path | None) -> None:
     if SUITE[name].kind == "cifar":
         download_cifar(name, r)
         return
-    import torchvision
 
     try:
         torchvision.datasets.SVHN(str(r / "svhn"), split="test", download=True)
@@ -240,8 +244,6 @@ def load_suite_set(name: str, root: str | Path | None = None, image_shape: tuple
         x, _, _ = load_cifar(s.name, r, train=False, download=False)
         return to_image_format(x[torch.from_numpy(_subset(len(x), n, seed))], image_shape, source=s.name)
     if s.kind == "svhn":
-        from scipy.io import loadmat
-
         path = _svhn_file(r)
         try:
             images = loadmat(str(path))["X"]  # 32×32×3×N uint8
@@ -309,9 +311,6 @@ def load_ood_sets(specs: Sequence[str], dataset: str, root: str | Path | None, i
     ``textures`` = DTD, …) load the suite sets (a subset of at most ``n``); all other specs (built-ins
     for non-CIFAR data, ``npz:``, ``folder:``) go to ``load_ood_suite``. Missing suite sets fail together
     before anything is loaded. ``heldout``: the open-set protocol's held-out test images (``heldout-classes``)."""
-    from .builtin import Sources
-    from .specs import load_ood_suite
-
     sources = Sources(str(root) if root else None, download, heldout)
     if not uses_suite(dataset=dataset):
         return load_ood_suite(list(specs), image_shape, seed=seed, n=n or 2000, sources=sources)
@@ -325,8 +324,6 @@ def load_ood_sets(specs: Sequence[str], dataset: str, root: str | Path | None, i
             key = s.strip().lower()
             out[key] = load_suite_set(key, root, image_shape, n=n, seed=seed, id_dataset=dataset)
         else:
-            from .specs import ood_name
-
             name = ood_name(s)
             if name in out:
                 raise UserError(f"two OOD sets are named {name!r}; rename the file or folder of {s!r}")

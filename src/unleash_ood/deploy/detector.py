@@ -15,8 +15,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.images import to_image_format
+from ..detectors.base import build_detector
 from ..errors import UserError
+from ..models import build_model
+from ..models.checkpoint import load_into, load_masks, load_tensors
 from .bundle import MASK_FILE, ONNX_FILE, STATS_FILE, WEIGHTS_FILE, BundleSpec, read_spec
+from .net import ScoringNet, materialize_masks
 
 BATCH = 512
 
@@ -92,7 +97,6 @@ class OODDetector:
             if len(x) and not (torch.isfinite(x).all() and x.min() >= -1e-3 and x.max() <= 1 + 1e-3):
                 raise UserError("input images must be finite and lie in [0, 1]")
             return x.detach().cpu()
-        from ..data.images import to_image_format
 
         return to_image_format(x, shape, source="input")
 
@@ -131,11 +135,6 @@ class OODDetector:
 
 def load_torch_engine(root: Path, spec: BundleSpec):
     """Rebuild the PyTorch network from a torch bundle: weights, mask (UMAP) and detector statistics."""
-    from ..detectors.base import build_detector
-    from ..models import build_model
-    from ..models.checkpoint import load_into, load_masks, load_tensors
-    from .net import ScoringNet, materialize_masks
-
     m = spec.model
     model = build_model(m.arch, m.num_classes, **m.kwargs).to(memory_format=torch.channels_last)
     try:

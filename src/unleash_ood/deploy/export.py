@@ -13,12 +13,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import __version__
 from ..config import ModelConfig
 from ..data import IDData, load_id_data
-from ..detectors.base import Detector
+from ..data.batches import TensorBatches
+from ..detectors.base import Detector, build_detector
 from ..errors import UserError
-from ..models.checkpoint import load_checkpoint, load_masks, load_tensors, save_masks, save_model, save_tensors
+from ..eval.evaluate import fit_detectors
+from ..models.checkpoint import load_masks, load_tensors, save_masks, save_model, save_tensors
+from ..models.loading import load_checkpoint
 from ..run.layout import RunLayout
+from ..utils.runtime import select_device
 from .bundle import (
     MASK_FILE,
     ONNX_FILE,
@@ -34,6 +39,7 @@ from .bundle import (
 )
 from .detector import Engine, OnnxEngine, OODDetector
 from .net import ScoringNet, materialize_masks, normalization_of
+from .onnx_export import export_onnx, require_deploy_extra
 
 FORMATS = ("torch", "onnx")
 FIT_BATCH = 512  # the evaluation's batch size (pipeline.EVAL_BATCH)
@@ -97,8 +103,6 @@ def load_run_model(req: ExportRequest) -> LoadedModel:
 
 def bundle_spec(req: ExportRequest, src: LoadedModel, detector: Detector) -> BundleSpec:
     """``detector.json`` before calibration (threshold 0) and before the file hashes."""
-    from .. import __version__
-
     data, run = src.data, src.run
     versions = {"unleash_ood": __version__, "torch": torch.__version__}
     if req.format == "onnx":
@@ -125,18 +129,12 @@ def bundle_spec(req: ExportRequest, src: LoadedModel, detector: Detector) -> Bun
 
 def export_run(req: ExportRequest) -> BundleSpec:
     """Write the bundle ``req.out`` for model ``req.model`` and score ``req.score`` of run ``req.run``."""
-    from ..data.batches import TensorBatches
-    from ..detectors.base import build_detector
-    from ..eval.evaluate import fit_detectors
-    from ..utils.runtime import select_device
-
     req.check()
     detector = build_detector(req.score)
     if req.format == "onnx" and detector.needs_inputs:
         raise UserError(f"{req.score} needs its own gradient pass over the inputs, not one forward pass; "
                         "it cannot be an ONNX graph: export it with --format torch")
     if req.format == "onnx":  # before loading anything: without the extra the export cannot finish
-        from .onnx_export import require_deploy_extra
 
         require_deploy_extra()
     src = load_run_model(req)
@@ -152,8 +150,6 @@ def export_run(req: ExportRequest) -> BundleSpec:
         engine: Engine = net
         onnx_path = Path(scratch) / ONNX_FILE
         if req.format == "onnx":
-            from .onnx_export import export_onnx
-
             export_onnx(net.to("cpu"), onnx_path, val[:2])
             engine = OnnxEngine(onnx_path, spec)
         val_scores = OODDetector(spec, engine).score(val)  # calibrated with the bundle's own engine

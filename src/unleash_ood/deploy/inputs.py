@@ -15,9 +15,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..data.images import to_image_format
+from ..data.specs import load_ood
 from ..errors import UserError
 from ..utils.files import write_text
-from .detector import Predictions
+from ..utils.runtime import select_device
+from .detector import OODDetector, Predictions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 COLUMNS = ("source", "pred", "prob", "score", "is_ood")
@@ -50,8 +53,6 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_files(files: list[Path], shape: tuple[int, int, int], desc: str) -> torch.Tensor:
-    from ..data.images import to_image_format
-
     out = torch.empty((len(files), *shape), dtype=torch.float32)
     for i, path in enumerate(tqdm(files, desc=desc, unit="img", disable=len(files) < 100, leave=False)):
         out[i] = to_image_format(read_image(path)[None], shape, source=str(path))[0]
@@ -60,8 +61,6 @@ def read_files(files: list[Path], shape: tuple[int, int, int], desc: str) -> tor
 
 def load_inputs(specs: list[str], shape: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
     """Every input image in order, with its ``source`` (a path, or ``file.npz[i]``)."""
-    from ..data.specs import load_ood
-
     sources: list[str] = []
     images: list[torch.Tensor] = []
     for spec in specs:
@@ -103,9 +102,6 @@ def predictions_csv(sources: list[str], pred: Predictions) -> str:
 def detect(bundle: str | Path, specs: list[str], out: str | Path, device: str = "cpu",
            batch_size: int = 512) -> Predictions:
     """Load ``bundle``, score every input image, write the CSV atomically (nothing on any error)."""
-    from ..utils.runtime import select_device
-    from .detector import OODDetector
-
     det = OODDetector.load(bundle).to(select_device(device))  # a clear error for cuda without a GPU
     sources, images = load_inputs(specs, det.spec.input.shape)
     pred = det.predict(images, batch_size=batch_size, progress=True)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import ScoresConfig
 from ..data.batches import split_batch
 from ..detectors.base import Detector, FitData, build_detector
 from ..detectors.params import DEFAULT_SCORES
@@ -30,6 +31,11 @@ def make_detectors(scores: Iterable[str | Detector]) -> list[Detector]:
     if len({d.name for d in out}) != len(out):
         raise UserError(f"a score is listed twice: {[d.name for d in out]}")
     return out
+
+
+def configured_detectors(scores: ScoresConfig) -> list[Detector]:
+    """Fresh, unfitted detectors of a config's ``scores.use``, with their configured hyperparameters."""
+    return [build_detector(n, scores.params(n)) for n in scores.use]
 
 
 def fit_detectors(model: nn.Module, detectors: list[Detector], train: Iterable | None = None,

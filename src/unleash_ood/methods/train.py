@@ -3,6 +3,7 @@ step loss and in which parameters are trainable."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -13,12 +14,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import OptimConfig
 from ..data.batches import split_batch
 from ..errors import UserError
 from ..eval.forward import to_model_input
+from ..utils import runtime
+from ..utils.files import atomic_write
 
 StepLoss = Callable[[nn.Module, object], tuple[torch.Tensor, torch.Tensor]]
 
@@ -104,10 +108,6 @@ def load_state(path: str | Path) -> dict:
 
 
 def _save_state(path: Path, state: dict) -> None:
-    import io
-
-    from ..utils.files import atomic_write
-
     buf = io.BytesIO()  # serialized in memory: torch.save into a file turns a full disk into a RuntimeError
     torch.save(state, buf)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getbuffer()))
@@ -134,12 +134,8 @@ def _set_rng_state(batches, state: dict) -> None:
 
 def _step_model(model: nn.Module, device: torch.device) -> nn.Module:
     """What the step loss calls: the model, under torchrun wrapped in DDP, optionally compiled."""
-    from ..utils import runtime
-
     wrapped = model
     if runtime.world_size() > 1 and any(p.requires_grad for p in model.parameters()):
-        from torch.nn.parallel import DistributedDataParallel
-
         wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if runtime.current().compile:
         wrapped = torch.compile(wrapped)
@@ -170,8 +166,6 @@ def train(model: nn.Module, batches: Iterable, cfg: OptimConfig, step_loss: Step
     :mod:`unleash_ood.utils.runtime`). Under torchrun the model is wrapped in DistributedDataParallel and
     each rank trains on its slice of every (global) batch; records are global (reduced over ranks).
     """
-    from ..utils import runtime
-
     device = next(model.parameters()).device
     world = runtime.world_size()
     if world > 1:

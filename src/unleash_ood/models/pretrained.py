@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from . import build_model
+from .checkpoint import load_tensors, save_model
 
 PREFIX = "pytorch-ood:"
 
@@ -272,9 +274,6 @@ def fit_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, what:
 
 def _convert(state: dict[str, torch.Tensor], arch: str, num_classes: int, model_kwargs: dict, out: Path,
              what: str, extra_meta: dict) -> Path:
-    from . import build_model
-    from .checkpoint import save_model
-
     try:
         model = build_model(arch, num_classes=num_classes, **model_kwargs)
     except TypeError as e:
@@ -338,7 +337,6 @@ def resolve_init(spec: str, cache_dir: str | Path | None = None, download: bool 
     raw = cache / entry.file_name
     converted = cache / f"{Path(entry.file_name).stem}.safetensors"
     if converted.is_file():  # written only from a verified original
-        from .checkpoint import load_tensors
 
         if load_tensors(converted)[1].get("sha256") == entry.sha256:
             return converted

@@ -16,6 +16,7 @@ from ..data.auxiliary import aux_record_json, check_aux_overlap, load_aux_pool
 from ..data.auxpool import AUX_MIX, AUX_PICTURES
 from ..data.transforms import random_shift_flip
 from ..errors import UserError
+from ..eval.evaluate import configured_detectors
 from ..eval.models import evaluate_models, validation_metrics
 from ..methods.outlier_training import (
     METHODS,
@@ -26,7 +27,8 @@ from ..methods.outlier_training import (
     finetune_with_outliers,
     run_name,
 )
-from ..models.checkpoint import model_meta, save_masks, save_model, save_tensors
+from ..models.checkpoint import save_masks, save_model, save_tensors
+from ..models.loading import model_meta
 from ..utils.files import write_json
 from ..utils.log import say
 from .layout import RunLayout
@@ -148,7 +150,7 @@ def run_outlier_methods(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: s
     write_json(run.outlier_log, logs)
 
     t = time.perf_counter()
-    ev = evaluate_models(models, prep, cfg.scores.detectors())
+    ev = evaluate_models(models, prep, configured_detectors(cfg.scores))
     if len(prep.id.val[0]):  # ID validation accuracy + synthetic validation OOD: what may be selected on
         summary["validation"] = validation_metrics(models, prep)
     timings["evaluate"] = time.perf_counter() - t
@@ -212,7 +214,6 @@ def run_outliers(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: str | Pa
 
 def demo_with_outliers(cfg: DemoConfig, out_dir: str | Path) -> list[dict]:
     """The demo, then the outlier family from its base into ``OUT/outliers``; one merged table in ``OUT``."""
-
     out = Path(out_dir)
     run = RunLayout(out)
     demo = run_stages(cfg, out, demo_stages(cfg))

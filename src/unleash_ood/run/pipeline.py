@@ -17,24 +17,17 @@ from torch import nn
 from ..config import DemoConfig
 from ..data.prepared import Prepared, prepare_data
 from ..errors import UserError
+from ..eval.evaluate import configured_detectors
 from ..eval.models import evaluate_models, validation_metrics
-from ..models.checkpoint import load_checkpoint, load_masks, model_meta, save_masks, save_model
+from ..models.checkpoint import load_masks, save_masks, save_model
+from ..models.loading import load_checkpoint, model_meta
 from ..report.plots import plot_training_curve
 from ..report.tables import OUTLIER_LABELS
 from ..utils.files import write_json
 from ..utils.log import say
 from .layout import RunLayout
 from .results import write_outputs
-from .stages import (
-    BaseTraining,
-    best_epochs,
-    resolve_zeta,
-    run_um,
-    run_umap,
-    start_run,
-    train_base,
-    zeta_line,
-)
+from .stages import BaseTraining, best_epochs, resolve_zeta, run_um, run_umap, start_run, train_base, zeta_line
 
 STAGES = ("train", "um", "control", "umap")
 
@@ -119,7 +112,7 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
         write_json(run.finetune_log, histories)
 
     t = time.perf_counter()
-    ev = evaluate_models(models, prep, cfg.scores.detectors(),
+    ev = evaluate_models(models, prep, configured_detectors(cfg.scores),
                          features_path=run.features if cfg.save_features else None)
     if len(prep.id.val[0]):
         summary["validation"] = validation_metrics(models, prep)
@@ -190,7 +183,7 @@ def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Pa
         else:
             models[name] = (base if name == "base" else load_checkpoint(m.weights, prep.id.num_classes, cfg.model)[0],
                             None)
-    ev = evaluate_models(models, prep, cfg.scores.detectors(),
+    ev = evaluate_models(models, prep, configured_detectors(cfg.scores),
                          features_path=RunLayout(out).features if save_features else None)
     if any(name.split("_")[0] in OUTLIER_LABELS for name in models):
         for r in ev.records:

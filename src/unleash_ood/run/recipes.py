@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import DataConfig, DemoConfig, build_config, recipe_path
+from ..config import DataConfig, DemoConfig, build_config, data_root, recipe_path
 from ..data import suite
 from ..data.auxiliary import check_aux_overlap, check_aux_source
 from ..data.cifar import LAYOUT as CIFAR_LAYOUT
-from ..data.cifar import cifar_present, data_root, download_cifar, how_to_get
+from ..data.cifar import cifar_present, download_cifar, how_to_get
 from ..data.prepared import prepare_data
 from ..errors import UserError
-from ..models.checkpoint import load_checkpoint
+from ..models.loading import load_checkpoint
 from ..models.pretrained import resolve_checkpoint
 from ..utils.files import write_json
 from .layout import RunLayout

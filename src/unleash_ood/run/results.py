@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import MODEL_ORDER
 from ..eval.models import ModelsEvaluation
 from ..report.plots import plot_score_histograms
-from ..report.tables import MODEL_ORDER, markdown_report, records_csv
+from ..report.tables import markdown_report, records_csv
 from ..utils.files import atomic_write, write_json, write_text
 from .layout import RunLayout
 

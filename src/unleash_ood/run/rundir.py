@@ -28,7 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
+import torch
+
+from ..errors import UserError, WriteError, os_error_reason
+from .layout import RunLayout
 
 LOCK_NAME = ".unleash-ood.lock"
 
@@ -150,7 +153,6 @@ class RunDir(os.PathLike):
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps(info).encode())
         except OSError as e:  # a full disk: the write names no path
-            from ..errors import WriteError, os_error_reason
 
             raise WriteError(lock, os_error_reason(e), e.errno) from None
 
@@ -210,8 +212,6 @@ class RunDir(os.PathLike):
 def _write_failure(root: Path, e: OSError) -> str:
     """The one line for an OSError in the run ``root``: the file (a :class:`WriteError`: the one that could
     not be written), then the run's last complete checkpoint and what ``--resume`` continues from."""
-    from ..errors import WriteError, os_error_reason
-
     if isinstance(e, WriteError):
         line, failed = str(e), Path(e.path)
     elif e.filename:
@@ -226,8 +226,6 @@ def _write_failure(root: Path, e: OSError) -> str:
 def _checkpoint_note(root: Path, failed: Path | None, err: int | None) -> str:
     """``; last complete checkpoint: …; … --resume …`` for the run (``root`` or the sub-run holding
     ``failed``) that has a checkpoints folder; empty for one without."""
-    from .layout import RunLayout
-
     inside = failed is not None and failed.is_relative_to(root)
     runs = [d for d in failed.parents if d.is_relative_to(root)] if inside else [root]  # innermost first
     layout = next((RunLayout(d) for d in runs if RunLayout(d).checkpoints.is_dir()), None)
@@ -252,8 +250,6 @@ def _checkpoint_note(root: Path, failed: Path | None, err: int | None) -> str:
 def _state_epoch(path: Path) -> int | None:
     """The epoch a resumable training state was saved after (None if it cannot be read)."""
     try:
-        import torch
-
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
     except Exception:  # noqa: BLE001 - only a detail of an error message
         return None

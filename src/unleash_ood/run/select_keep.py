@@ -19,8 +19,13 @@ from torch import nn
 
 from ..config import DataConfig, UMConfig
 from ..data import suite
+from ..data.glyphs import load_glyphs
+from ..data.prepared import EvalSets
 from ..errors import UserError
+from ..eval.models import evaluate_models
+from ..methods.um import estimate_zeta
 from ..utils.files import write_json
+from .stages import run_um
 
 DEFAULT_GRID = (0.95, 0.97, 0.975, 0.99)
 
@@ -45,8 +50,6 @@ def validation_ood(data_cfg: DataConfig, fallback: torch.Tensor, image_shape: tu
     (1-channel ID), letters rendered from the fonts held out of ``glyphs`` (:func:`load_glyphs`,
     ``split="val"``); for CIFAR, ``tinyimagenet`` (OpenOOD's near-OOD validation set) when present.
     """
-    from ..data.glyphs import load_glyphs
-
     sets = {"far": ("patch-shuffled ID validation", fallback)}
     if suite.uses_suite(dataset=data_cfg.dataset):
         if suite.present("tinyimagenet", data_cfg.data_root):
@@ -75,11 +78,6 @@ def select_keep_ratio(base: nn.Module, prep, um: UMConfig, val_sets: dict[str, t
 
     Returns ``{"keep_ratio", "zeta", "criterion", "val_ood", "base": {...}, "candidates": [...]}``.
     """
-    from ..data.prepared import EvalSets
-    from ..eval.models import evaluate_models
-    from ..methods.um import estimate_zeta
-    from .stages import run_um
-
     if not len(prep.id.val[0]):
         raise UserError("keep-ratio selection needs held-out ID validation images (data.val_size > 0)")
     if not settings.grid:

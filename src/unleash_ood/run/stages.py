@@ -14,11 +14,13 @@ from torch import nn
 
 from ..config import DemoConfig, ModelConfig, OptimConfig, UMAPConfig, UMConfig, build_config
 from ..data.prepared import Prepared, prepare_data
+from ..errors import WriteError, os_error_reason
 from ..eval.models import track
 from ..methods.train import NonFiniteLossError, ResumeState, train
 from ..methods.um import ZetaEstimate, estimate_zeta, unleash
 from ..methods.umap import learn_umap_mask
-from ..models.checkpoint import build, load_checkpoint, model_meta, save_model
+from ..models.checkpoint import save_model
+from ..models.loading import build, load_checkpoint, model_meta
 from ..utils import runtime
 from ..utils.log import say
 from .layout import RunLayout
@@ -44,8 +46,6 @@ def start_run(cfg: DemoConfig, out_dir: str | Path, init_checkpoint: str | Path 
 
 def append_jsonl(path: Path, record: dict) -> None:
     """One JSON line more (a full disk: a WriteError naming ``path``; a resume rewrites the log)."""
-    from ..errors import WriteError, os_error_reason
-
     try:
         with path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
