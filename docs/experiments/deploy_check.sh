@@ -8,9 +8,10 @@ python - "$run" "$work" <<'PY'
 import sys
 from pathlib import Path
 import numpy as np
-from unleash_ood.pipeline import load_run_config, prepare_data
+from unleash_ood.data.prepared import prepare_data
+from unleash_ood.run.layout import RunLayout
 run, work = Path(sys.argv[1]), Path(sys.argv[2])
-prep = prepare_data(load_run_config(run).data)
+prep = prepare_data(RunLayout(run).load_config().data)
 np.savez(work / "id_test.npz", images=(prep.id.test[0].numpy()[:, 0] * 255).round().astype(np.uint8))
 for name, x in prep.ood.items():
     np.savez(work / f"{name}.npz", images=x.numpy()[:, 0].astype(np.float32))

@@ -18,7 +18,7 @@ from pathlib import Path
 from unleash_ood.metrics import accuracy
 from unleash_ood.eval.forward import collect_outputs
 from unleash_ood.models.loading import load_checkpoint
-from unleash_ood.run.layout import load_run_config
+from unleash_ood.run.layout import RunLayout
 from unleash_ood.data.prepared import prepare_data
 from unleash_ood.run.stages import run_um
 
@@ -31,12 +31,13 @@ def id_accuracy(model, prep) -> float:
 def main(run_dirs: list[str]) -> None:
     rows = []
     for run in map(Path, run_dirs):
-        cfg = load_run_config(run)
-        draws = json.loads((run / "zeta.json").read_text())["values"]
+        layout = RunLayout(run)
+        cfg = layout.load_config()
+        draws = json.loads(layout.zeta.read_text())["values"]
         old, new = statistics.fmean(draws[:3]), statistics.median(draws)
         prep = prepare_data(cfg.data, ood_specs=["uniform"])
-        base, _ = load_checkpoint(run / "checkpoints" / "base.safetensors", prep.id.num_classes, cfg.model)
-        um_new, _ = load_checkpoint(run / "checkpoints" / "um.safetensors", prep.id.num_classes, cfg.model)
+        base, _ = load_checkpoint(layout.checkpoint("base"), prep.id.num_classes, cfg.model)
+        um_new, _ = load_checkpoint(layout.checkpoint("um"), prep.id.num_classes, cfg.model)
         um_old, _ = run_um(base, prep, cfg.um, old, cfg.seed, cfg.data.augment)
         rows.append({"run": str(run), "seed": cfg.seed, "draws": draws, "zeta_mean3": old, "zeta_median5": new,
                      "base_acc": id_accuracy(base, prep), "um_acc_mean3": id_accuracy(um_old, prep),

@@ -244,7 +244,7 @@ class OutlierConfig(_Strict):
 
     ``aux``: the auxiliary pool spec (``builtin``, ``npz:PATH``, ``folder:PATH``, ``imagenet64:DIR``,
     ``tinyimages300k:PATH``; see :mod:`unleash_ood.data.auxiliary`). ``enabled``: ``run`` (recipes)
-    also fine-tunes with outliers after the pipeline, into ``seed_<s>/outliers/``. ``aux_batch_size``:
+    also fine-tunes with outliers after the pipeline, into ``seed<N>/outliers/``. ``aux_batch_size``:
     auxiliary images per ID batch; None (default) is the ID batch size, as in the authors' code, so
     BatchNorm sees half ID, half auxiliary images. A larger value (the paper states 2,000 per 64) works,
     but ID and auxiliary images share one train-mode forward pass, so the BatchNorm statistics are then

@@ -24,6 +24,7 @@ from ..eval.evaluate import configured_detectors
 from ..eval.models import evaluate_models
 from ..models.checkpoint import load_masks, save_masks, save_model
 from ..models.loading import build, load_checkpoint, model_meta
+from ..run.layout import RunLayout
 from ..run.stages import BaseTraining, resolve_zeta, run_um, run_umap, train_base
 from ..utils.files import atomic_write, write_json
 from ..utils.log import say
@@ -69,8 +70,9 @@ class BaseRun:
         return [r["epoch"] for r in self.log]
 
     def load(self, epoch: int | None = None) -> nn.Module:
-        name = "base.safetensors" if epoch is None else f"base_epoch{epoch:03d}.safetensors"
-        model, _ = load_checkpoint(self.dir / "checkpoints" / name, self.ctx.prep.id.num_classes)
+        run = RunLayout(self.dir)
+        path = run.checkpoint("base") if epoch is None else run.epoch_checkpoint(epoch)
+        model, _ = load_checkpoint(path, self.ctx.prep.id.num_classes)
         model.eval()
         return model
 
@@ -140,7 +142,7 @@ class Context:
         label = f"base training ({optim.schedule}, wd {optim.weight_decay}, dropout {dropout}, {optim.epochs} epochs)"
 
         def run(d: Path) -> dict:
-            write_json(d / "config.json", key)
+            write_json(RunLayout(d).config, key)
             torch.manual_seed(cfg.seed)
             model = add_fc_dropout(build(cfg.model, self.prep.id.num_classes), dropout)
             log = train_base(model, self.prep, BaseTraining.of(cfg, optim, eval_every), d)

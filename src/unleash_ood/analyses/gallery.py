@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..report.tables import md_table
+from ..run.layout import RunLayout
 from ..utils.files import write_text
 from .claims import KEYS, claims, find
 from .presets import ANALYSES
@@ -240,7 +241,8 @@ def section(name: str, s: dict, noise: dict, img_dir: str, wall_s: float | None 
 
 def setting_lines(root: Path, summaries: dict[str, dict]) -> list[str]:
     """The setting, read from the first analysis's effective config, and how far the base models memorize."""
-    cfg_path = next((p for p in sorted(root.glob("*/seed*/config.json")) + sorted(root.glob("*/config.json"))), None)
+    runs = [RunLayout(d) for d in [*sorted(root.glob("*/seed*")), *sorted(root.glob("*"))]]
+    cfg_path = next((r.config for r in runs if r.config.is_file()), None)
     if cfg_path is None:
         return []
     c = json.loads(cfg_path.read_text())["config"]

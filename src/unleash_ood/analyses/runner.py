@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..run.layout import RunLayout
 from ..utils.files import write_json
 from ..utils.log import say
 from .cache import Context, PrepCache
@@ -46,7 +47,7 @@ def run_analysis(name: str, out: Path, req: Request = Request(), prep_cache: Pre
     if not first_seed:
         params["extra_schedules"] = []
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {"analysis": name, "quick": req.quick, "params": params, "config": cfg.model_dump()})
+    write_json(RunLayout(out).config, {"analysis": name, "quick": req.quick, "params": params, "config": cfg.model_dump()})
     ctx = Context(name, cfg, params, out, prep_cache, shared)
     t = time.perf_counter()
     say(f"[{name}] output: {out}")

@@ -156,7 +156,7 @@ def add_paper_parsers(sub) -> None:
                        epilog="Recipes: `unleash-ood run --list`. Overrides as key=value, e.g. base.epochs=20.")
     r.add_argument("recipe", nargs="?", help="recipe name (see --list) or a YAML file")
     r.add_argument("--seeds", nargs="+", default=["0"], metavar="S", help="seeds (default 0), e.g. --seeds 0 1 2")
-    r.add_argument("--out", help="output root (default runs/RECIPE); runs go to OUT/seed_<s>/")
+    r.add_argument("--out", help="output root (default runs/RECIPE); runs go to OUT/seed<N>/")
     r.add_argument("--data-root", help="data root with CIFAR and the OOD suite (see `unleash-ood data list`)")
     r.add_argument("--list", action="store_true", help="list the recipes")
     r.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")

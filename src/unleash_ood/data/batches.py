@@ -1,4 +1,4 @@
-"""One forward pass per dataset → logits, penultimate features, every score and the metrics."""
+"""Batches over in-memory tensors (seeded shuffling, optional augmentation) and the ``(x, y)`` split of a batch."""
 
 from __future__ import annotations
 

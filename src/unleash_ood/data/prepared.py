@@ -1,5 +1,5 @@
-"""What every run starts from: the prepared data (ID splits, OOD sets and their groups), the model built
-or loaded from a checkpoint, the run's config read back, and the stage messages."""
+"""What every run evaluates on: the ID splits, the OOD test sets with their groups and the synthetic
+validation OOD set, loaded from a data config (:func:`prepare_data`)."""
 
 from __future__ import annotations
 

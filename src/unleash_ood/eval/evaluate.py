@@ -1,4 +1,5 @@
-"""One forward pass per dataset → logits, penultimate features, every score and the metrics."""
+"""Detectors on one model: fitted on one training pass, scored from one forward pass per dataset, with
+the ID-positive metrics per OOD set and per group (:func:`evaluate`, the Python API's entry point)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""One forward pass per dataset → logits, penultimate features, every score and the metrics."""
+"""One eval-mode forward pass: model inputs on the model's device, logits and penultimate features of
+a dataset, and the classifier layer's effective weight and bias."""
 
 from __future__ import annotations
 

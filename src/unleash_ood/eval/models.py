@@ -1,6 +1,5 @@
 """Evaluation along a run, all through one :func:`evaluate_models`: every model's final evaluation,
-the once-covered record of a tracked epoch, the validation metrics hyperparameters may be selected on,
-the best epochs, and the result files."""
+the once-covered record of a tracked epoch, and the validation metrics hyperparameters may be selected on."""
 
 from __future__ import annotations
 

@@ -340,7 +340,7 @@ def resolve_init(spec: str, cache_dir: str | Path | None = None, download: bool 
 
         if load_tensors(converted)[1].get("sha256") == entry.sha256:
             return converted
-    candidates = [raw, Path(torch.hub.get_dir()) / "checkpoints" / entry.file_name]
+    candidates = [raw, Path(f"{torch.hub.get_dir()}/checkpoints/{entry.file_name}")]  # torch.hub's own cache
     found = next((p for p in candidates if p.is_file()), None)
     if found is not None:
         got = sha256_of(found)

@@ -1,7 +1,5 @@
-"""Results on disk: JSON + CSV + Markdown tables, per-sample scores (npz) and PNG plots.
-
-Every file is written atomically (temp file + rename).
-"""
+"""Result tables: metric records as CSV and Markdown (per group, per set, mean), labels and the order of
+models and scores."""
 
 from __future__ import annotations
 

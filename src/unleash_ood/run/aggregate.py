@@ -1,7 +1,7 @@
 """Mean ± standard deviation over seeds of finished runs' ``results.json`` — the one aggregation that
 both ``report RUN_DIR…`` and ``demo --seeds`` use.
 
-A RUN_DIR is a run (holding ``results.json``) or a folder of runs (``*/results.json``: ``seed_<s>/`` from
+A RUN_DIR is a run (holding ``results.json``) or a folder of runs (``*/results.json``: ``seed<N>/`` from
 ``run``, ``seed<s>/`` from ``demo --seeds``); a run's ``outliers/`` sub-run (OE / Energy / POEM
 fine-tuning) is included, without the records its parent already holds (its copy of the base model). Runs are grouped by setting (ID dataset ×
 architecture, from each run's ``config.json``); within a setting, records are matched on (model, score,
@@ -14,7 +14,6 @@ ddof = 1; 0 for a single seed), ``n_seeds``, ``setting`` and ``runs``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,32 +23,19 @@ from ..errors import UserError
 from ..metrics import AGGREGATES
 from ..report.tables import CONVENTION, METRIC_KEYS, markdown_sections, records_csv, sort_records
 from ..utils.files import write_json, write_text
+from .layout import RunLayout
 
 
 def find_runs(run_dirs: Sequence[str | Path]) -> list[Path]:
     """Every finished run under ``run_dirs`` (each itself a run or a folder of runs), outlier sub-runs too."""
-    runs: list[Path] = []
-    for d in map(Path, run_dirs):
-        if (d / "results.json").is_file():
-            runs.append(d)
-            if (d / "outliers" / "results.json").is_file():
-                runs.append(d / "outliers")
-            continue
-        found = sorted(p.parent for p in [*d.glob("*/results.json"), *d.glob("*/outliers/results.json")])
-        if not found:
-            raise UserError(f"{d}: no results.json in it or in its subfolders (is the run finished?)")
-        runs += found
-    return list(dict.fromkeys(runs))
+    return [r.root for r in RunLayout.find(run_dirs)]
 
 
 def _setting(run: Path) -> str:
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
-        return "run"
+    cfg = RunLayout(run).read_config()
     try:
-        cfg = json.loads(cfg_path.read_text())
         return f"{cfg['data']['dataset']} / {cfg['model']['arch']}"
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return "run"
 
 
@@ -71,10 +57,7 @@ def aggregate(run_dirs: Sequence[str | Path]) -> list[dict]:
     seen: dict[Path, set[tuple]] = {}
     runs = find_runs(run_dirs)
     for run in runs:
-        try:
-            records = json.loads((run / "results.json").read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"corrupt {run / 'results.json'}: {e}") from None
+        records = RunLayout(run).read_results()
         setting = _setting(run)
         # an outlier run inside a run adds only what its parent lacks (its 'base' is the parent's; the
         # demo's merged table already holds the outlier models)
@@ -116,8 +99,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, stem: str 
                  title: str = "unleash-ood: results over seeds") -> list[dict]:
     """Aggregate and write ``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` into ``out_dir``."""
     records = aggregate(run_dirs)
-    out = Path(out_dir)
-    write_json(out / f"{stem}.json", records)
-    write_text(out / f"{stem}.csv", records_csv(records))
-    write_text(out / f"{stem}.md", report_markdown(records, title))
+    out = RunLayout(Path(out_dir))
+    write_json(out.results(".json", stem), records)
+    write_text(out.results(".csv", stem), records_csv(records))
+    write_text(out.results(".md", stem), report_markdown(records, title))
     return records

@@ -12,6 +12,7 @@ Every command asks :class:`RunLayout` for its paths; nothing else spells a run's
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..config import MODEL_ORDER, DemoConfig, build_config
 from ..errors import UserError
 from ..utils.files import checkpoint_meta
 
-SETUP_FILES = ("config.json", "recipe.json", "ood_cache")  # written before any result exists
+SETUP_FILES = ("config.json", "recipe.json", "ood_cache")  # written before any result: a failure leaves nothing
 RESULT_SUFFIXES = (".json", ".csv", ".md")
 MASK_SUFFIX = "_mask"
 
@@ -88,6 +89,35 @@ class RunLayout:
     @property
     def finished(self) -> bool:
         return self.results().is_file()
+
+    def read_results(self, stem: str = "results") -> list[dict]:
+        """The metric records of ``results.json`` (``stem="report"``: an aggregate's)."""
+        path = self.results(".json", stem)
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"corrupt {path}: {e}") from None
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror}") from None
+
+    def read_config(self) -> dict | None:
+        """The raw ``config.json`` (None when missing or unreadable): for labels, not for running."""
+        try:
+            return json.loads(self.config.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    @staticmethod
+    def find(dirs: Sequence[str | Path]) -> list[RunLayout]:
+        """Every finished run under ``dirs`` (each itself a run or a folder of runs), outlier sub-runs too."""
+        runs: list[RunLayout] = []
+        for d in map(RunLayout, dirs):
+            inner = [d] if d.finished else [RunLayout(p) for p in sorted(d.root.iterdir())] if d.root.is_dir() else []
+            found = [r for run in inner for r in (run, run.outliers) if r.finished]
+            if not found:
+                raise UserError(f"{d.root}: no {d.results().name} in it or in its subfolders (is the run finished?)")
+            runs += found
+        return list(dict.fromkeys(runs))
 
     def load_config(self) -> DemoConfig:
         """The config the run was made with."""

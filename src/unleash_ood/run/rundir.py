@@ -31,15 +31,11 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError, WriteError, os_error_reason
-from .layout import RunLayout
+from .layout import SETUP_FILES, RunLayout
 
 LOCK_NAME = ".unleash-ood.lock"
 
 
-SETUP_FILES = ("config.json", "recipe.json", "ood_cache")
-
-
-"""What a run writes before it has any result: a failure with only these written leaves nothing."""
 
 
 def _launch_rank() -> int:

@@ -1,11 +1,5 @@
-"""Paper-scale runs: a recipe over several seeds (fail fast on missing data), and the automatic choice
-of the UM keep ratio / ζ on the validation OOD set.
-
-``run_recipe`` goes through :func:`unleash_ood.run.pipeline.run_pipeline` — the same code path as ``demo``.
-Suite OOD names (``svhn``, ``places365``, …; see :mod:`unleash_ood.data.suite`) are turned, once, into
-uint8 ``.npz`` files under ``OUT/ood_cache/`` and passed to the pipeline as ``npz:`` specs, so each
-set keeps its name in every result table.
-"""
+"""The automatic choice of the UM keep ratio / ζ on validation OOD (never on test OOD): short UM runs
+per candidate, scored on held-out glyph fonts (near) and patch-shuffled images (far)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What every run starts from: the prepared data (ID splits, OOD sets and their groups), the model built
-or loaded from a checkpoint, the run's config read back, and the stage messages."""
+"""Stage messages that do not break progress bars."""
 
 from __future__ import annotations
 
