@@ -2,9 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
-FMNIST = /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-FONTS = /usr/share/fonts/truetype/liberation
-FONT_PACKAGES = fonts-dejavu-core fonts-liberation fonts-freefont-ttf
+# Pinned data packages (Debian): the fonts of the `glyphs` set (unleash_ood.data.glyphs.FONT_PACKAGES) and the
+# pictures of the `scenes` set (unleash_ood.data.scenes.SCENE_PACKAGES); the code checks for their files.
+FONT_PACKAGES = fonts-liberation fonts-freefont-ttf
+SCENE_PACKAGES = lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds
+DATA_PACKAGES = dataset-fashion-mnist $(FONT_PACKAGES) $(SCENE_PACKAGES)
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test data
@@ -15,11 +17,11 @@ demo: $(BIN)/unleash-ood data
 test: $(BIN)/pytest data
 	$(BIN)/python -m pytest
 
-# Fashion-MNIST offline from Debian's package where apt exists; elsewhere torchvision downloads it.
-# The fonts: more families for the `glyphs` near-OOD set (matplotlib's own fonts are the fallback).
+# Fashion-MNIST offline from Debian's package where apt exists (elsewhere torchvision downloads it), with the
+# pinned fonts (`glyphs`, beside matplotlib's own) and pictures (`scenes`, about 74 MB) of the built-in OOD sets.
 data:
-	@if { [ ! -f $(FMNIST) ] || [ ! -d $(FONTS) ]; } && command -v apt-get >/dev/null; then \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist $(FONT_PACKAGES); fi
+	@if command -v apt-get >/dev/null && ! dpkg -s $(DATA_PACKAGES) >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(DATA_PACKAGES); fi
 
 $(BIN)/unleash-ood: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -55,11 +55,27 @@ def test_demo_quick_writes_every_result(demo_run: Path) -> None:
     assert zeta["estimator"] == "median" and zeta["value"] == zeta["median"] == pytest.approx(np.median(zeta["values"]))
     assert load_tensors(demo_run / "checkpoints/um.safetensors")[1]["zeta"] == pytest.approx(zeta["value"])
     assert all({"group", "fpr95_ood_positive"} <= set(r) for r in records)
-    assert {r["ood"] for r in records if r["group"] == "aggregate"} == {"near", "far", "mean"}  # default suite: both groups
+    assert {r["ood"] for r in records if r["group"] == "aggregate"} == {"near", "far", "synthetic", "mean"}
     masks, meta = load_masks(demo_run / "checkpoints/umap_mask.safetensors")
     assert meta["keep_ratio"] == 0.8
     assert all(abs(m.float().mean().item() - 0.8) < 0.01 for m in masks.values())
-    assert "Mean over 6 OOD sets" in (demo_run / "results.md").read_text()  # near: glyphs, digits; far: 4
+    # near: glyphs, digits; far: textures, photos, scenes; synthetic (apart): gaussian, uniform
+    assert "Mean over 5 OOD sets (near and far)" in (demo_run / "results.md").read_text()
+    # gaussian and uniform are synthetic: apart from far and from the mean (recomputed by hand)
+    per_set = {r["ood"]: r for r in records if (r["model"], r["score"]) == ("umap", "Energy")}
+    assert {per_set[n]["group"] for n in ("gaussian", "uniform")} == {"synthetic"}
+    for agg, sets in (("far", ("textures", "photos", "scenes")), ("synthetic", ("gaussian", "uniform")),
+                      ("mean", ("glyphs", "digits", "textures", "photos", "scenes"))):
+        assert per_set[agg]["fpr95"] == pytest.approx(np.mean([per_set[n]["fpr95"] for n in sets]))
+    # summary.json: what exactly each OOD set and the validation proxy was
+    sets = json.loads((demo_run / "summary.json").read_text())["sets"]
+    assert set(sets) == {"glyphs", "digits", "textures", "photos", "scenes", "gaussian", "uniform", "val_ood",
+                         "val_near"}
+    assert all(len(r["sha256"]) == 64 and r["shape"][0] == r["n"] for r in sets.values())
+    # the near validation proxy: letters of the held-out font families, none of the test set's fonts
+    assert sets["val_near"]["distinct_sources"] == len(sets["val_near"]["sources"]) > 0
+    assert not set(sets["val_near"]["sources"]) & set(sets["glyphs"]["sources"])
+    assert sets["scenes"]["distinct_sources"] == 31 and sets["scenes"]["n"] == 300  # --quick: ood_size 300
     validation = json.loads((demo_run / "summary.json").read_text())["validation"]
     assert set(validation) == {"base", "um", "ce_finetune", "umap"}
     assert 0 <= validation["umap"]["Energy"]["fpr95"] <= 100 and validation["umap"]["val_acc"] > 0
@@ -69,7 +85,8 @@ def test_demo_quick_writes_every_result(demo_run: Path) -> None:
 def test_demo_quick_over_two_seeds(tmp_path: Path, capsys) -> None:
     out = tmp_path / "seeds"
     tiny = [*SMALL, "scores=[MSP, Energy, Mahalanobis]", "save_features=false"]
-    assert main(["demo", "--quick", "--seeds", "0", "1", "--out", str(out), *tiny]) == 0
+    # --force: two epochs on 600 images do not memorize them (ζ ≥ ½·ln 10); the guard would stop the run
+    assert main(["demo", "--quick", "--force", "--seeds", "0", "1", "--out", str(out), *tiny]) == 0
     for s in (0, 1):
         cfg = json.loads((out / f"seed{s}" / "config.json").read_text())
         assert cfg["seed"] == s and cfg["data"]["seed"] == s
@@ -87,7 +104,7 @@ def test_demo_quick_over_two_seeds(tmp_path: Path, capsys) -> None:
     assert "Near and far OOD" in capsys.readouterr().out
     # a re-run reuses both finished seeds; a repeated seed is refused
     stamp = (out / "seed0" / "results.json").stat().st_mtime_ns
-    assert main(["demo", "--quick", "--seeds", "0", "1", "--out", str(out), *tiny]) == 0
+    assert main(["demo", "--quick", "--force", "--seeds", "0", "1", "--out", str(out), *tiny]) == 0
     assert (out / "seed0" / "results.json").stat().st_mtime_ns == stamp
     assert main(["demo", "--quick", "--seeds", "1", "1", "--out", str(out)]) == 2
     assert "repeated seed" in capsys.readouterr().err
@@ -202,7 +219,7 @@ def test_oe_command_and_eval_of_an_outlier_run(demo_run: Path, tmp_path: Path) -
 
 def test_demo_with_outliers_merges_the_tables(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo_oe"
-    assert main(["demo", "--quick", "--with-outliers", "--out", str(out), *SMALL, "outliers.methods=[oe]",
+    assert main(["demo", "--quick", "--with-outliers", "--force", "--out", str(out), *SMALL, "outliers.methods=[oe]",
                  "outliers.withs=[none, um]", "outliers.aux_size=300"]) == 0
     # the printed table comes from the records, and is the file's mean table
     md = (out / "results.md").read_text()
@@ -215,6 +232,17 @@ def test_demo_with_outliers_merges_the_tables(tmp_path: Path, capsys) -> None:
     assert {r["model"] for r in records if r["aux"]} == {"oe", "oe_um"}
     assert "OE+UM (Energy)" in (out / "results.md").read_text() and "Energy+UMAP" in (out / "results.md").read_text()
     assert "oe_um/Energy/digits" in np.load(out / "scores.npz") and "um/Energy/id" in np.load(out / "scores.npz")
+    # the run says which models it holds (its outlier sub-run's included); export takes any of them
+    from unleash_ood.run.layout import RunLayout
+
+    held = RunLayout(out).models()
+    assert list(held)[:4] == ["base", "um", "ce_finetune", "umap"] and {"oe", "oe_um"} <= set(held)
+    assert held["oe"].weights == out / "outliers" / "checkpoints" / "oe.safetensors" and held["oe"].mask is None
+    bundle = tmp_path / "oe_bundle"
+    assert main(["export", "--run", str(out), "--model", "oe_um", "--score", "Energy", "--out", str(bundle),
+                 "--device", "cpu"]) == 0
+    spec = json.loads((bundle / "detector.json").read_text())
+    assert spec["model"]["kind"] == "oe_um" and spec["run"]["model"] == "oe_um"
 
 
 def test_demo_features_npz_recomputes_knn_and_eval_saves_features(demo_run: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import torch
 from unleash_ood.config import (
     DEFAULT_FAR,
     DEFAULT_NEAR,
+    DEFAULT_SYNTHETIC,
     GROUPS,
     DataConfig,
     DemoConfig,
@@ -81,7 +82,7 @@ def test_glyph_fonts_skip_broken_and_duplicate_files(tmp_path: Path) -> None:
 
 def test_glyphs_without_fonts_names_the_package(tmp_path: Path) -> None:
     (tmp_path / "broken.ttf").write_bytes(b"not a font")
-    with pytest.raises(UserError, match="apt-get install fonts-dejavu-core"):
+    with pytest.raises(UserError, match="apt-get install fonts-liberation fonts-freefont-ttf"):
         load_glyphs(8, font_dirs=[tmp_path])
 
 
@@ -112,8 +113,9 @@ def test_heldout_classes_set_and_groups(fmnist_full) -> None:
     prep = prepare_data(cfg)
     _, _, xt, yt = fmnist_full
     assert torch.equal(prep.ood["heldout-classes"], xt[yt >= 6])
-    assert prep.groups == {"heldout-classes": "near", "uniform": "far"}
+    assert prep.groups == {"heldout-classes": "near", "uniform": "synthetic"}  # uniform keeps its own group
     assert list(prep.ood) == list(prep.groups)
+    assert prep.sets["heldout-classes"]["distinct_sources"] == len(xt[yt >= 6]) == 4000
     assert prep.id.num_classes == 6 and int(prep.id.test[1].max()) <= 5
     x = load_ood("heldout-classes", image_shape=(3, 32, 32), sources=Sources(heldout=xt[:5]))
     assert x.shape == (5, 3, 32, 32)
@@ -216,26 +218,35 @@ def test_mnist_like_missing_without_download(name: str, tmp_path: Path) -> None:
 
 def test_registry_groups() -> None:
     assert {name: s.group for name, s in BUILTIN.items()} == {
-        "digits": "near", "textures": "far", "photos": "far", "gaussian": "far", "uniform": "far",
-        "glyphs": "near", "heldout-classes": "near", "mnist": "near", "kmnist": "near", "emnist-letters": "near"}
-    assert set(OFFLINE_SETS) == set(DEFAULT_NEAR) | set(DEFAULT_FAR)
+        "digits": "near", "textures": "far", "photos": "far", "scenes": "far", "gaussian": "synthetic",
+        "uniform": "synthetic", "glyphs": "near", "heldout-classes": "near", "mnist": "near", "kmnist": "near",
+        "emnist-letters": "near"}
+    assert set(OFFLINE_SETS) == set(DEFAULT_NEAR) | set(DEFAULT_FAR) | set(DEFAULT_SYNTHETIC)
     assert all(s.description for s in BUILTIN.values())
     assert len({s.stream for s in BUILTIN.values()}) == len(BUILTIN)
 
 
 def test_default_groups_and_user_specs() -> None:
-    assert DataConfig().ood_groups() == [*((s, "near") for s in DEFAULT_NEAR), *((s, "far") for s in DEFAULT_FAR)]
+    assert DataConfig().ood_groups() == [*((s, "near") for s in DEFAULT_NEAR), *((s, "far") for s in DEFAULT_FAR),
+                                         *((s, "synthetic") for s in DEFAULT_SYNTHETIC)]
+    assert DEFAULT_FAR == ("textures", "photos", "scenes") and DEFAULT_SYNTHETIC == ("gaussian", "uniform")
     pairs = config_groups(["npz:/x/a.npz", "UNIFORM"], ["folder:/x/b", "digits"])
-    # user specs take the group they are listed under; built-ins keep theirs; near first
-    assert pairs == [("npz:/x/a.npz", "near"), ("digits", "near"), ("UNIFORM", "far"), ("folder:/x/b", "far")]
+    # user specs take the group they are listed under; built-ins keep theirs; near, far, then synthetic
+    assert pairs == [("npz:/x/a.npz", "near"), ("digits", "near"), ("folder:/x/b", "far"), ("UNIFORM", "synthetic")]
     assert group_specs({"near": ["digits"], "far": ["Digits", "uniform"]}) == [("digits", "near"),
-                                                                                ("uniform", "far")]
+                                                                                ("uniform", "synthetic")]
+    # a user's file under data.synthetic is synthetic; gaussian listed under far stays synthetic
+    cfg = DataConfig(near=[], far=["gaussian", "npz:/x/a.npz"], synthetic=["npz:/x/noise.npz"])
+    assert cfg.ood_groups() == [("npz:/x/a.npz", "far"), ("gaussian", "synthetic"), ("npz:/x/noise.npz", "synthetic")]
+    # unset synthetic: the default sanity sets where far is unset too (they were in the default far suite)
+    assert DataConfig(near=["digits"]).ood_groups()[-2:] == [("gaussian", "synthetic"), ("uniform", "synthetic")]
+    assert DataConfig(near=["digits"], far=["textures"]).ood_groups() == [("digits", "near"), ("textures", "far")]
 
 
 def test_ood_key_back_compat() -> None:
     # alone: exactly the listed sets, as before groups existed (specs far, built-ins in their own group)
     cfg = DataConfig(ood=["uniform", "digits", "npz:/x/svhn.npz"])
-    assert cfg.ood_groups() == [("digits", "near"), ("uniform", "far"), ("npz:/x/svhn.npz", "far")]
+    assert cfg.ood_groups() == [("digits", "near"), ("npz:/x/svhn.npz", "far"), ("uniform", "synthetic")]
     # next to near/far: extra far specs
     cfg = DataConfig(near=["glyphs"], far=["textures"], ood=["npz:/x/svhn.npz", "textures"])
     assert cfg.ood_groups() == [("glyphs", "near"), ("textures", "far"), ("npz:/x/svhn.npz", "far")]
@@ -249,7 +260,7 @@ def test_ood_key_back_compat() -> None:
 
 
 def test_unknown_group_and_empty_suite() -> None:
-    assert GROUPS == ("near", "far")
+    assert GROUPS == ("near", "far", "synthetic")
     with pytest.raises(UserError, match="unknown OOD group 'mid'"):
         group_specs({"near": ["digits"], "mid": ["uniform"]})
     with pytest.raises(UserError, match="no OOD sets"):
@@ -272,8 +283,11 @@ def test_prepare_data_overrides_keep_groups(fmnist_full) -> None:
 
     cfg = DataConfig(val_size=50, train_size=100, test_size=100, ood_size=20, val_ood_size=20)
     prep = prepare_data(cfg, ood_specs=["digits", "uniform"], near_specs=["gaussian"])
-    assert prep.groups == {"digits": "near", "gaussian": "far", "uniform": "far"}
+    assert prep.groups == {"digits": "near", "gaussian": "synthetic", "uniform": "synthetic"}
     assert {k: len(v) for k, v in prep.ood.items()} == {"digits": 1797, "gaussian": 20, "uniform": 20}
+    # what exactly was loaded: every set and the validation proxy, with its hash and sources
+    assert set(prep.sets) == {"digits", "gaussian", "uniform", "val_ood"}
+    assert prep.sets["digits"]["distinct_sources"] == 1797 and prep.sets["val_ood"]["shape"] == [20, 1, 28, 28]
 
 
 
@@ -283,10 +297,12 @@ def test_data_list_shows_fashion_sets_with_groups(capsys: pytest.CaptureFixture[
     from unleash_ood.cli import main
 
     _write_idx(tmp_path / "KMNIST" / "raw" / "t10k-images-idx3-ubyte.gz", _images(3, 0))
-    assert main(["data", "list", "--id", "fashion_mnist", "--data-root", str(tmp_path), "--json"]) == 0
+    assert main(["data", "list", "--id", "fashion_mnist", "--data-root", str(tmp_path), "--json",
+                 "--ood-size", "20"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(rows) == set(BUILTIN)
-    assert {name: r["role"] for name, r in rows.items()} == {name: s.group for name, s in BUILTIN.items()}
+    assert set(rows) == {*BUILTIN, "val_near", "val_ood"}
+    assert {name: r["role"] for name, r in rows.items() if not name.startswith("val_")} == {
+        name: s.group for name, s in BUILTIN.items()}
     assert rows["kmnist"]["present"] and not rows["mnist"]["present"]
     assert str(tmp_path / "MNIST" / "raw") in rows["mnist"]["expected"]
 

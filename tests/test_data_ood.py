@@ -330,9 +330,10 @@ def test_refactor_keeps_each_sets_random_stream() -> None:
 def test_builtin_ood_is_the_offline_part_of_the_registry() -> None:
     from unleash_ood.data.builtin import BUILTIN, builtin_group
 
-    assert set(BUILTIN_OOD) == {"digits", "textures", "photos", "gaussian", "uniform", "glyphs"}
+    assert set(BUILTIN_OOD) == {"digits", "textures", "photos", "scenes", "gaussian", "uniform", "glyphs"}
     assert set(BUILTIN_OOD) < set(BUILTIN)
     assert builtin_group(" Glyphs ") == "near" and builtin_group("photos") == "far"
+    assert builtin_group("scenes") == "far" and builtin_group("uniform") == builtin_group("gaussian") == "synthetic"
     assert builtin_group("npz:/x.npz") is None
 
 

@@ -27,8 +27,9 @@ from unleash_ood.utils.files import atomic_write, write_text
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 
-# test_cli.py's SMALL, with two scores, no features and no CE control: the cheapest full demo
-TINY = ["data.train_size=600", "data.test_size=300", "data.val_size=300", "data.ood_size=150",
+# test_cli.py's SMALL, with two scores, no features and no CE control: the cheapest full demo (--force: its
+# base model does not memorize its training set, and UM's guard would stop it before fine-tuning)
+TINY = ["--force", "data.train_size=600", "data.test_size=300", "data.val_size=300", "data.ood_size=150",
         "data.val_ood_size=150", "data.ood=[digits, uniform]", "base.epochs=2", "um.optim.epochs=1",
         "umap.optim.epochs=1", "um.zeta_draws=2", "model.kwargs={width: 8}", "scores=[MSP, Energy]",
         "save_features=false", "control=false"]

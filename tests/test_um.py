@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 
 import pytest
@@ -17,11 +18,13 @@ from unleash_ood.masking import maskable_layers, random_layer_masks
 from unleash_ood.methods.train import NonFiniteLossError, ce_step, train
 from unleash_ood.methods.um import (
     ZetaEstimate,
+    chance_ce,
     estimate_zeta,
     flooding_loss,
     flooding_step,
     mean_cross_entropy,
     robust_zeta,
+    toward_chance,
     unleash,
 )
 
@@ -214,6 +217,44 @@ def test_unleash_zeta_above_loss_ascends_zero_descends(trained_cnn, fmnist_small
     assert all(h["loss"] >= start + 1.5 - 1e-6 for h in hist_up)
     # ζ = 0 is plain CE: loss == train_ce
     assert all(h["loss"] == pytest.approx(h["train_ce"], rel=1e-6) for h in hist_down)
+    # no CE is below 0: the control never ascends; ζ far above the training CE: most first-epoch steps do
+    assert [h["ce_below_zeta"] for h in hist_down] == [0.0, 0.0]
+    assert hist_up[0]["ce_below_zeta"] > 0.5  # it ascends until the CE overshoots ζ
+
+
+def test_ce_below_zeta_counts_the_steps_that_ascend(trained_cnn, fmnist_small) -> None:
+    """``ce_below_zeta`` is the fraction of an epoch's steps whose batch CE was below ζ, counted from the
+    steps' own CE (no extra pass): checked against a step loss that records every CE."""
+    x, y = fmnist_small[0], fmnist_small[1]
+    cfg = OptimConfig(epochs=2, lr=0.05, batch_size=32, weight_decay=0.0)
+    zeta = mean_cross_entropy(trained_cnn, TensorBatches(x, y, batch_size=256)) + 0.1  # above the training CE
+    seen: list[float] = []
+
+    def recording(model, batch):
+        loss, ce = flooding_step(zeta)(model, batch)
+        seen.append(ce.item())
+        return loss, ce
+
+    hist = train(copy.deepcopy(trained_cnn), TensorBatches(x, y, batch_size=32, shuffle=True, seed=0), cfg,
+                 recording, flood_level=zeta)
+    steps = len(seen) // 2
+    by_hand = [sum(c < zeta for c in seen[i * steps:(i + 1) * steps]) / steps for i in range(2)]
+    assert [h["ce_below_zeta"] for h in hist] == by_hand
+    assert 0 < by_hand[0] < 1, by_hand  # the batch CEs straddle ζ
+    # unleash records the same (same model, batches and schedule)
+    again = unleash(copy.deepcopy(trained_cnn), TensorBatches(x, y, batch_size=32, shuffle=True, seed=0), zeta, cfg)
+    assert [h["ce_below_zeta"] for h in again] == by_hand
+    # a plain training records nothing of the kind
+    assert "ce_below_zeta" not in train(copy.deepcopy(trained_cnn), TensorBatches(x[:64], y[:64]),
+                                        OptimConfig(epochs=1, lr=0.01))[0]
+
+
+def test_guard_rule_half_of_chance_level() -> None:
+    """UM refuses ζ ≥ ½·ln C; the paper's own levels (CIFAR-10 0.10, CIFAR-100 1.20) pass."""
+    assert not toward_chance(0.10, 10) and not toward_chance(1.20, 100)
+    assert toward_chance(0.5 * math.log(10), 10) and toward_chance(2.2, 10)
+    assert not toward_chance(0.5 * math.log(10) - 1e-9, 10)
+    assert chance_ce(10) == pytest.approx(2.302585, abs=1e-6)
 
 
 @pytest.mark.parametrize("zeta", [-0.1, float("nan"), float("inf")])
@@ -371,3 +412,4 @@ def test_flooding_under_ddp_equals_one_process(tmp_path) -> None:
     n_params = sum(p.numel() for p in single.parameters())
     for a, b in zip(json.loads(got["hist"]), hist):
         assert a["loss"] == pytest.approx(b["loss"], rel=0, abs=n_params * drift)
+        assert a["ce_below_zeta"] == b["ce_below_zeta"]  # counted on the global batch's CE, as its sign is

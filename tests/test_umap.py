@@ -105,6 +105,9 @@ def test_umap_flooding_moves_masked_ce_toward_zeta(trained_cnn, batches, fmnist_
     assert up > initial + 0.2, (initial, up)
     assert down < initial, (initial, down)
     assert up_hist[-1]["train_ce"] > up_hist[0]["train_ce"]
+    # flooding engaged: the masked CE started below ζ = initial + 2, so steps ascended; never at ζ = 0
+    assert up_hist[0]["ce_below_zeta"] > 0.5 and all(0 <= h["ce_below_zeta"] <= 1 for h in up_hist)
+    assert [h["ce_below_zeta"] for h in down_hist] == [0.0, 0.0]
     # the magnitude-initialised mask at step 0 is the magnitude mask, and learning moved it
     init_masks = magnitude_masks(trained_cnn, keep)
     assert any(not torch.equal(up_masks[k], init_masks[k]) for k in init_masks)

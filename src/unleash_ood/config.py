@@ -1,5 +1,5 @@
 """Validated, flat configuration objects (pydantic) and the one builder of a run's config
-(:func:`build_config`). Unknown keys and bad values fail at load. Also the near/far groups of OOD specs,
+(:func:`build_config`). Unknown keys and bad values fail at load. Also the near/far/synthetic groups of OOD specs,
 without torch (``unleash-ood config`` stays fast); ``tests/test_data_groups.py`` checks that these tables
 agree with :data:`unleash_ood.data.builtin.BUILTIN` and :data:`unleash_ood.data.suite.SUITE`.
 """
@@ -15,24 +15,31 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
-from .detectors.params import all_detector_names, check_names, detector_infos
+from .detectors.params import all_detector_names, check_grids, check_names, detector_infos
 from .errors import UserError
 
-GROUPS: tuple[str, ...] = ("near", "far")
+GROUPS: tuple[str, ...] = ("near", "far", "synthetic")
+# the groups the ``mean`` aggregate averages over (OpenOOD v1.5): real images only, the synthetic
+# sanity sets (noise) are reported apart
+HEADLINE_GROUPS: tuple[str, ...] = ("near", "far")
 MODEL_ORDER: tuple[str, ...] = ("base", "um", "ce_finetune", "umap")  # the demo's models, in table order
 
 
-# the default suite when neither data.near, data.far nor data.ood is set
+# the default suite: each of data.near, data.far, data.synthetic that is unset (and data.ood is not set)
 DEFAULT_NEAR: tuple[str, ...] = ("glyphs", "digits")
 
 
-DEFAULT_FAR: tuple[str, ...] = ("textures", "photos", "gaussian", "uniform")
+DEFAULT_FAR: tuple[str, ...] = ("textures", "photos", "scenes")
+
+
+DEFAULT_SYNTHETIC: tuple[str, ...] = ("gaussian", "uniform")
 
 
 # each built-in set's own group (data.builtin.BUILTIN)
 BUILTIN_GROUPS: dict[str, str] = {
-    "digits": "near", "textures": "far", "photos": "far", "gaussian": "far", "uniform": "far", "glyphs": "near",
-    "heldout-classes": "near", "mnist": "near", "kmnist": "near", "emnist-letters": "near"}
+    "digits": "near", "textures": "far", "photos": "far", "gaussian": "synthetic", "uniform": "synthetic",
+    "glyphs": "near", "heldout-classes": "near", "mnist": "near", "kmnist": "near", "emnist-letters": "near",
+    "scenes": "far"}
 
 
 # the CIFAR suite's names (data.suite.SUITE) and the ID datasets that use them (data.suite.PAPER_SUITE)
@@ -47,6 +54,32 @@ DEFAULT_ROOT = Path.home() / ".cache" / "unleash-ood"
 AUX_KINDS: tuple[str, ...] = ("builtin", "npz", "folder", "imagenet64", "tinyimages300k")
 AUX_FORMS = ("builtin, npz:PATH, folder:PATH, imagenet64:DIR (train_data_batch_1..10) or "
              "tinyimages300k:PATH (a .npy file N×32×32×3 uint8)")
+
+
+OWN_DATA_KINDS: tuple[str, ...] = ("folder", "npz")
+NORMALIZE_NAMES: tuple[str, ...] = ("dataset", "imagenet")
+
+
+def is_own_dataset(name) -> bool:
+    """``folder:ROOT`` or ``npz:FILE``: ID data of one's own (:mod:`unleash_ood.data.own`)."""
+    return isinstance(name, str) and name.partition(":")[0].strip().lower() in OWN_DATA_KINDS and ":" in name
+
+
+def parse_normalize(v) -> str | dict[str, list[float]] | None:
+    """``data.normalize`` as ``None``, ``dataset``, ``imagenet`` or ``{"mean": [...], "std": [...]}`` (from
+    that mapping or ``[[mean...], [std...]]``); ``ValueError`` otherwise."""
+    if v is None or (isinstance(v, str) and v.strip().lower() in NORMALIZE_NAMES):
+        return v.strip().lower() if isinstance(v, str) else v
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        v = {"mean": v[0], "std": v[1]}
+    if isinstance(v, dict) and set(v) == {"mean", "std"}:
+        stats = {k: [v[k]] if isinstance(v[k], (int, float)) else v[k] for k in ("mean", "std")}
+        if all(isinstance(x, (list, tuple)) and 1 <= len(x) <= 3 and all(
+                isinstance(n, (int, float)) and not isinstance(n, bool) for n in x) for x in stats.values()):
+            if len(stats["mean"]) != len(stats["std"]) or min(stats["std"]) <= 0:
+                raise ValueError(f"mean and std need as many values, and every std > 0; got {v}")
+            return {k: [float(n) for n in x] for k, x in stats.items()}
+    raise ValueError(f"use dataset, imagenet, [[mean...], [std...]] or {{mean: [...], std: [...]}}; got {v!r}")
 
 
 def data_root(root: str | Path | None) -> Path:
@@ -72,14 +105,14 @@ def parse_aux_spec(spec: str, root: str | Path | None = None) -> tuple[str, Path
 
 
 def check_group(group: str, where: str) -> str:
-    """``group`` if it is ``near`` or ``far``; otherwise one :class:`UserError` naming ``where``."""
+    """``group`` if it is one of :data:`GROUPS`; otherwise one :class:`UserError` naming ``where``."""
     if group not in GROUPS:
         raise UserError(f"{where}: unknown OOD group {group!r}; use one of {', '.join(GROUPS)}")
     return group
 
 
 def group_specs(by_group: Mapping[str, Sequence[str]], suite_names: bool = False) -> list[tuple[str, str]]:
-    """``(spec, group)`` pairs from specs listed per group (``{"near": [...], "far": [...]}``), in order.
+    """``(spec, group)`` pairs from specs listed per group (``{"near": [...], "far": [...], …}``), in order.
 
     A built-in keeps its own group wherever it is listed; other specs take the group they are listed
     under (with ``suite_names``, the CIFAR suite's names count as such specs, not as built-ins). A spec
@@ -100,21 +133,26 @@ def group_specs(by_group: Mapping[str, Sequence[str]], suite_names: bool = False
 
 
 def config_groups(near: Sequence[str] | None, far: Sequence[str] | None, ood: Sequence[str] = (),
-                  dataset: str = "fashion_mnist") -> list[tuple[str, str]]:
-    """The ``(spec, group)`` pairs a data config evaluates on.
+                  dataset: str = "fashion_mnist", synthetic: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """The ``(spec, group)`` pairs a data config evaluates on, near first, then far, then synthetic.
 
-    ``near``/``far`` None means the default (``DEFAULT_NEAR``/``DEFAULT_FAR``) unless ``ood`` is given:
+    ``near``/``far`` None means the default (``DEFAULT_NEAR``/``DEFAULT_FAR``) unless ``ood`` is given;
+    ``synthetic`` None means ``DEFAULT_SYNTHETIC`` where ``far`` is None too (the noise sets were part of
+    the default far suite), none otherwise, so a suite that names its far sets gets no extra set.
     ``ood`` alone (the pre-groups key) is exactly the suite, as before, each spec in the far group
-    except built-ins, which keep theirs; ``ood`` next to ``near``/``far`` adds far specs.
+    except built-ins, which keep theirs; ``ood`` next to ``near``/``far``/``synthetic`` adds far specs.
     """
-    if ood and near is None and far is None:
-        near, far = (), ()
+    if ood and near is None and far is None and synthetic is None:
+        near, far, synthetic = (), (), ()
+    if synthetic is None:
+        synthetic = DEFAULT_SYNTHETIC if far is None else ()
     near = DEFAULT_NEAR if near is None else near
     far = DEFAULT_FAR if far is None else far
-    pairs = group_specs({"near": near, "far": [*far, *ood]}, suite_names=dataset in SUITE_DATASETS)
-    pairs.sort(key=lambda pair: GROUPS.index(pair[1]))  # near first; stable otherwise
+    pairs = group_specs({"near": near, "far": [*far, *ood], "synthetic": synthetic},
+                        suite_names=dataset in SUITE_DATASETS)
+    pairs.sort(key=lambda pair: GROUPS.index(pair[1]))  # near, far, synthetic; stable otherwise
     if not pairs:
-        raise UserError("no OOD sets: list at least one under data.near, data.far or data.ood")
+        raise UserError("no OOD sets: list at least one under data.near, data.far, data.synthetic or data.ood")
     return pairs
 
 
@@ -140,30 +178,77 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """ID data, its splits, and the OOD test suite in two groups, ``near`` and ``far``.
+    """ID data, its splits, and the OOD test suite in three groups, ``near``, ``far`` and ``synthetic``.
 
-    ``near``/``far``: OOD specs per group; unset (null) = the default suite (near: glyphs, digits; far:
-    textures, photos, gaussian, uniform). A built-in set keeps its own group wherever it is listed;
-    ``npz:``/``folder:`` specs take the group they are listed under. ``ood`` (the key from before
-    groups): alone, it is exactly the suite, as it always was (specs far, built-ins in their own group);
-    next to ``near``/``far`` it adds far specs. ``id_classes``: the open-set protocol (train on these
+    ``near``/``far``/``synthetic``: OOD specs per group; unset (null) = the default (near: glyphs,
+    digits; far: textures, photos, scenes; synthetic: gaussian, uniform — when ``far`` is unset too, see
+    :func:`config_groups`). ``synthetic`` holds generated sanity sets, reported apart and left out of
+    the ``far`` and ``mean`` aggregates (OpenOOD v1.5). A
+    built-in set keeps its own group wherever it is listed; ``npz:``/``folder:`` specs take the group
+    they are listed under. ``ood`` (the key from before groups): alone, it is exactly the suite, as it
+    always was (specs far, built-ins in their own group); next to ``near``/``far``/``synthetic`` it adds
+    far specs. ``id_classes``: the open-set protocol (train on these
     classes; the others' test images are the near set ``heldout-classes``). See ``data.specs``.
+
+    Your own ID data (``dataset``: ``folder:ROOT``, ``npz:FILE``; :mod:`unleash_ood.data.own`, whose
+    defaults are ``val_size=0.1`` and every training image): ``image_size`` (H W) and ``channels`` of
+    the model input (None: inferred from the training images), ``normalize`` (``dataset``, the default
+    for own data: mean/std per channel of the training split; ``imagenet``; or ``[[mean…], [std…]]`` /
+    ``{mean: […], std: […]}``), ``max_memory_gb`` (the bound on the decoded splits, N×C×H×W×4 bytes),
+    ``workers`` (decoding processes; None: automatic). ``val_size``: a count or a fraction in (0, 1).
+    ``val_near``/``val_far``: your known outliers, added to the validation OOD of that group.
     """
 
     dataset: str = "fashion_mnist"
     data_root: str | None = None
     download: bool = True
-    val_size: int = Field(5000, ge=0)
+    val_size: int | float = Field(5000, ge=0)
     train_size: int | None = Field(12000, gt=0)
     test_size: int | None = Field(None, gt=0)
     near: list[str] | None = None
     far: list[str] | None = None
+    synthetic: list[str] | None = None
     ood: list[str] = Field(default_factory=list)
     id_classes: list[int] | None = None
     ood_size: int = Field(2000, ge=1)
     val_ood_size: int = Field(2000, ge=1)
     augment: bool = False
     seed: int = Field(0, ge=0)
+    image_size: list[int] | None = None
+    channels: Literal[1, 3] | None = None
+    normalize: str | dict[str, list[float]] | None = None
+    val_near: list[str] = Field(default_factory=list)
+    val_far: list[str] = Field(default_factory=list)
+    max_memory_gb: float = Field(16.0, gt=0)
+    workers: int | None = Field(None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_defaults(cls, data):
+        if isinstance(data, dict) and is_own_dataset(data.get("dataset")):
+            data = {"val_size": 0.1, "train_size": None, **data}
+        return data
+
+    @field_validator("val_size")
+    @classmethod
+    def _val_size(cls, v: int | float) -> int | float:
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ValueError(f"a count of images (an integer) or a fraction in (0, 1); got {v}")
+        return v
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, v):
+        v = [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
+        if v is not None and (not isinstance(v, (list, tuple)) or len(v) != 2
+                              or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v)):
+            raise ValueError(f"the model input's height and width, [H, W] (or one number for a square); got {v!r}")
+        return v
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _normalize(cls, v):
+        return parse_normalize(v)
 
     @model_validator(mode="after")
     def _some_ood(self) -> DataConfig:
@@ -175,7 +260,7 @@ class DataConfig(_Strict):
 
     def ood_groups(self) -> list[tuple[str, str]]:
         """The ``(spec, group)`` pairs evaluated on, in order (see :func:`unleash_ood.data.specs.config_groups`)."""
-        return config_groups(self.near, self.far, self.ood, self.dataset)
+        return config_groups(self.near, self.far, self.ood, self.dataset, self.synthetic)
 
     def ood_specs(self) -> list[str]:
         """Every OOD test spec, near ones first."""
@@ -287,11 +372,16 @@ class OutlierConfig(_Strict):
 class ScoresConfig(BaseModel):
     """The detectors to evaluate (``use``, in table order) and their hyperparameters, one section per
     detector: ``scores.KNN.k=10``. Each section is validated by that detector's ``Params`` and holds the
-    effective values of every used detector. A plain list (``scores=[MSP, Energy]``) means ``use``."""
+    effective values of every used detector. A plain list (``scores=[MSP, Energy]``) means ``use``.
+    ``tune``: also pick each tunable detector's hyperparameter per model on validation OOD only, from the
+    grids of :data:`~unleash_ood.detectors.params.TUNING_GRIDS`; ``grid`` replaces one
+    (``scores.grid.KNN.k=[5, 10]``; see docs/detectors.md)."""
 
     model_config = ConfigDict(extra="allow")
 
     use: list[str] = Field(default_factory=all_detector_names, min_length=1)
+    tune: bool = False
+    grid: dict[str, dict[str, list]] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -304,6 +394,13 @@ class ScoresConfig(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError(f"a score is listed twice: {v}")
         return check_names(v)
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid(cls, v: dict) -> dict:
+        if not isinstance(v, dict):
+            raise ValueError("give a grid per detector, e.g. scores.grid.KNN.k=[5, 10]")
+        return check_grids(v)
 
     @model_validator(mode="after")
     def _params(self) -> ScoresConfig:
@@ -360,6 +457,12 @@ class DemoConfig(_Strict):
         if fitted:  # tracking scores the logits of each checkpoint, with no fit and no extra pass
             raise ValueError(f"{fitted} cannot be tracked along training; use logit scores (MSP, Energy, MaxLogit, GEN)")
         return v
+
+    @model_validator(mode="after")
+    def _tune_on_validation(self) -> DemoConfig:
+        if self.scores.tune and self.data.val_size == 0:
+            raise ValueError("scores.tune=true picks hyperparameters on the ID validation split: data.val_size > 0")
+        return self
 
 
 PRESET_DIR = Path(__file__).parent / "presets"

@@ -7,8 +7,10 @@ Two FPR95 conventions exist and can differ a lot on the same scores:
 - ``fpr95_ood_positive`` (OpenOOD v1.5's and pytorch-ood's): % of ID samples flagged as OOD at the
   threshold that catches 95% of OOD samples (:func:`fpr_at_95_tpr_ood_positive`).
 
-OOD sets belong to a group, ``near`` or ``far``; :func:`group_means` gives OpenOOD v1.5's group
-aggregates (the unweighted mean over a group's sets) and the unweighted mean over all sets.
+OOD sets belong to a group, ``near``, ``far`` or ``synthetic`` (:data:`unleash_ood.config.GROUPS`);
+:func:`group_means` gives OpenOOD v1.5's group aggregates (the unweighted mean over a group's sets)
+and ``mean``, the unweighted mean over the near and far sets: the synthetic sanity sets (noise) are
+reported apart and enter neither ``far`` nor ``mean``.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from .config import GROUPS, HEADLINE_GROUPS
 from .errors import UserError
 
-GROUPS = ("near", "far")
-AGGREGATES = (*GROUPS, "mean")  # the ``ood`` names of aggregate records: per group, then over all sets
-AGGREGATE_GROUP = "aggregate"  # the ``group`` of an aggregate record (a per-set record has near/far)
+AGGREGATES = (*GROUPS, "mean")  # the ``ood`` names of aggregate records: per group, then over near + far
+AGGREGATE_GROUP = "aggregate"  # the ``group`` of an aggregate record (a per-set record has its set's)
 
 
 def _labels_scores(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,13 +98,21 @@ def set_groups(sets: Iterable[str], groups: Mapping[str, str] | None = None) -> 
     return out
 
 
+def mean_sets(group_of: Mapping[str, str]) -> list[str]:
+    """The sets the ``mean`` aggregate averages over: the near and far ones; only when there are none,
+    every set (a suite of synthetic sets alone still has a mean)."""
+    headline = [s for s, g in group_of.items() if g in HEADLINE_GROUPS]
+    return headline or list(group_of)
+
+
 def group_means(per_set: Mapping[str, Mapping[str, float]], groups: Mapping[str, str] | None = None,
                 ) -> dict[str, dict[str, float]]:
-    """``{set: {metric: value}}`` → ``{"near"|"far"|"mean": {metric: unweighted mean}}``: a group's entry
-    only when it has sets; ``mean`` averages over every set (not over the two group means)."""
+    """``{set: {metric: value}}`` → ``{"near"|"far"|"synthetic"|"mean": {metric: unweighted mean}}``: a
+    group's entry only when it has sets; ``mean`` averages over the near and far sets (not over the
+    group means; see :func:`mean_sets`)."""
     group_of = set_groups(per_set, groups)
     members = {g: [s for s in per_set if group_of[s] == g] for g in GROUPS}
-    members["mean"] = list(per_set)
+    members["mean"] = mean_sets(group_of)
     out = {}
     for agg, sets in members.items():
         if sets:

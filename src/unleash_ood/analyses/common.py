@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import GROUPS
 from ..data.prepared import Prepared
 from ..eval.forward import collect_outputs
+from ..metrics import mean_sets, set_groups
 from ..report.tables import dicts_csv, md_table
 from ..utils.files import write_json, write_text
 
@@ -31,12 +33,9 @@ def write_table(out: Path, name: str, rows: list[dict], title: str = "") -> None
     write_text(out / f"{name}.md", "\n".join(md) + "\n")
 
 
-GROUPS = ("near", "far")
-
-
 def mean_rows(records: list[dict]) -> dict[tuple[str, str], dict]:
-    """``(model, score) → mean-over-OOD-sets record`` from evaluate_models' records, with the near and
-    far group means as ``near_fpr95``, ``far_auroc``, …"""
+    """``(model, score) → mean-over-OOD-sets record`` from evaluate_models' records, with the near, far
+    (and synthetic) group means as ``near_fpr95``, ``far_auroc``, …"""
     out = {(r["model"], r["score"]): dict(r) for r in records if r["ood"] == "mean"}
     for r in records:
         if r["ood"] in GROUPS and r.get("group") == "aggregate":
@@ -44,24 +43,26 @@ def mean_rows(records: list[dict]) -> dict[tuple[str, str], dict]:
     return out
 
 
-def mean_fpr(rec: dict, score: str) -> float:
-    """Mean FPR95 over the OOD sets of one training-log record."""
-    return float(np.mean([rec["ood"][d][score]["fpr95"] for d in rec["ood"]]))
+def mean_fpr(rec: dict, score: str, groups: dict[str, str] | None = None) -> float:
+    """Mean FPR95 over the OOD sets of one training-log record (the near and far ones, by ``groups``)."""
+    return mean_metric(rec, score, "fpr95", groups)
 
 
-def mean_metric(rec: dict, score: str, metric: str) -> float:
-    """Mean ``metric`` over the OOD sets of one training-log record."""
-    return float(np.mean([rec["ood"][d][score][metric] for d in rec["ood"]]))
+def mean_metric(rec: dict, score: str, metric: str, groups: dict[str, str] | None = None) -> float:
+    """Mean ``metric`` over the OOD sets of one training-log record: the near and far ones by ``groups``
+    (a set it leaves out is far; see :func:`unleash_ood.metrics.mean_sets`)."""
+    sets = mean_sets(set_groups(rec["ood"], groups))
+    return float(np.mean([rec["ood"][d][score][metric] for d in sets]))
 
 
 def group_metric(rec: dict, score: str, metric: str, groups: dict[str, str], group: str) -> float | None:
-    """Mean ``metric`` over the OOD sets of one ``group`` (near/far) of a training-log record."""
+    """Mean ``metric`` over the OOD sets of one ``group`` (near/far/synthetic) of a training-log record."""
     sets = [d for d in rec["ood"] if groups.get(d, "far") == group]
     return float(np.mean([rec["ood"][d][score][metric] for d in sets])) if sets else None
 
 
 def metric_row(rec: dict) -> dict:
-    """The table columns of a mean record (from :func:`mean_rows`): all-set means, then near and far."""
+    """The table columns of a mean record (from :func:`mean_rows`): near + far means, then per group."""
     row = {"AUROC": rec["auroc"], "AUPR": rec["aupr_in"], "FPR95": rec["fpr95"]}
     for g in GROUPS:
         if f"{g}_fpr95" in rec:

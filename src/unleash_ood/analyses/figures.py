@@ -30,12 +30,14 @@ def savefig(fig, path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- training dynamics
 
-def once_covered_figure(runs: dict[str, list[dict]], val_epochs: dict[str, int], score: str, path: Path) -> Path:
-    """Per schedule (row): FPR95 per OOD set, AUROC/AUPR, ID loss and accuracy along training."""
+def once_covered_figure(runs: dict[str, list[dict]], val_epochs: dict[str, int], score: str, path: Path,
+                        groups: dict[str, str] | None = None) -> Path:
+    """Per schedule (row): FPR95 per OOD set, AUROC/AUPR, ID loss and accuracy along training (means:
+    over the near and far sets by ``groups``)."""
     fig, axes = plt.subplots(len(runs), 4, figsize=(20, 3.6 * len(runs)), squeeze=False)
     for i, (sched, log) in enumerate(runs.items()):
         ep = [r["epoch"] for r in log]
-        test = [mean_fpr(r, score) for r in log]
+        test = [mean_fpr(r, score, groups) for r in log]
         bi = int(np.argmin(test))
         vi = ep.index(val_epochs[sched])
         ax = axes[i][0]
@@ -48,7 +50,7 @@ def once_covered_figure(runs: dict[str, list[dict]], val_epochs: dict[str, int],
         ax.legend(fontsize=6)
         ax = axes[i][1]
         for metric, name in (("auroc", "AUROC"), ("aupr_in", "AUPR")):
-            ax.plot(ep, [mean_metric(r, score, metric) for r in log], marker=".", label=f"mean {name}")
+            ax.plot(ep, [mean_metric(r, score, metric, groups) for r in log], marker=".", label=f"mean {name}")
         ax.axvline(ep[bi], color="grey", ls="--", lw=1)
         ax.set(title=f"{sched}: {score} AUROC / AUPR (mean over OOD sets)", xlabel="epoch", ylabel="% ↑")
         ax.legend(fontsize=7)

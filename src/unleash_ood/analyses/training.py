@@ -21,9 +21,10 @@ EPOCH_KINDS = ("final", "val-selected", "test-best (upper bound)")
 
 
 def _epoch_row(log: list[dict], i: int, score: str, groups: dict[str, str], cols: dict) -> dict:
-    """One tracked epoch's metrics: means over all OOD sets, then over the near and the far ones."""
+    """One tracked epoch's metrics: means over the near and far OOD sets, then per group."""
     r = log[i]
-    row = {**cols, "score": score, "epoch": r["epoch"], "FPR95": mean_metric(r, score, "fpr95"), "AUROC": mean_metric(r, score, "auroc")}
+    row = {**cols, "score": score, "epoch": r["epoch"], "FPR95": mean_metric(r, score, "fpr95", groups),
+           "AUROC": mean_metric(r, score, "auroc", groups)}
     for g in GROUPS:
         if any(groups.get(d, "far") == g for d in r["ood"]):
             row[f"{g}_FPR95"] = group_metric(r, score, "fpr95", groups, g)
@@ -44,11 +45,11 @@ def once_covered(ctx: Context) -> dict:
         for sched, run in runs.items():
             val_epochs[sched] = run.best_val_epoch(score)
             picks = (len(run.log) - 1, run.epochs().index(val_epochs[sched]),
-                     int(np.argmin([mean_fpr(r, score) for r in run.log])))
+                     int(np.argmin([mean_fpr(r, score, groups) for r in run.log])))
             rows += [_epoch_row(run.log, i, score, groups, {"schedule": sched, "epoch_kind": kind})
                      for kind, i in zip(EPOCH_KINDS, picks)]
         ctx.pngs.append(figures.once_covered_figure({s: r.log for s, r in runs.items()}, val_epochs, score,
-                                                    ctx.out / f"once_covered_{score.lower()}.png"))
+                                                    ctx.out / f"once_covered_{score.lower()}.png", groups))
     write_table(ctx.out, "once_covered", rows, "Once-covered: final vs val-selected epoch (test-best: upper bound only)")
     return {"rows": rows, "logs": {s: str(r.dir / "train_log.jsonl") for s, r in runs.items()}}
 

@@ -8,14 +8,33 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UserError
+
+
+def _model_and_score(args: argparse.Namespace) -> tuple[str, str, dict | None]:
+    """``--model``/``--score``, or with ``--recommended`` the run's recommendation (model, detector, params)."""
+    if args.recommended:
+        from ..run.recommend import read_pick
+
+        if args.model or args.score:
+            raise UserError("--recommended exports the run's recommendation: give it without --model/--score")
+        pick = read_pick(args.run)
+        return pick["model"], pick["detector"], pick["params"]
+    if not (args.model and args.score):
+        raise UserError("give --model and --score, or --recommended (the pick of `unleash-ood recommend`)")
+    return args.model, args.score, None
+
 
 def cmd_export(args: argparse.Namespace) -> None:
     from ..deploy.export import ExportRequest, export_run
 
-    spec = export_run(ExportRequest(run=Path(args.run), model=args.model, score=args.score, out=Path(args.out),
-                                    tpr=args.tpr, format=args.format, device=args.device))
+    model, score, params = _model_and_score(args)
+    spec = export_run(ExportRequest(run=Path(args.run), model=model, score=score, out=Path(args.out),
+                                    tpr=args.tpr, format=args.format, device=args.device, params=params))
     c = spec.calibration
-    print(f"{args.out}: {spec.model.kind} {spec.model.arch} + {spec.score.name} ({spec.format}); threshold "
+    shown = ", ".join(f"{k}={v}" for k, v in spec.score.params.items())
+    print(f"{args.out}: {spec.model.kind} {spec.model.arch} + {spec.score.name}{f' ({shown})' if shown else ''} "
+          f"({spec.format}); threshold "
           f"{c.threshold:.6g} accepts {100 * (1 - c.flag_rate):.1f}% of {c.size} held-out ID validation images")
 
 
@@ -31,9 +50,12 @@ def add_deploy_parsers(sub) -> None:
     """Register ``export`` and ``detect`` on the main parser's subcommands."""
     x = sub.add_parser("export", help="turn a finished run into a deployable OOD detector (a bundle directory)")
     x.add_argument("--run", required=True, help="run directory (from demo/train/um/umap)")
-    x.add_argument("--model", required=True,
+    x.add_argument("--model",
                    help="a model the run holds: base, um, ce_finetune, umap, oe, oe_umap, … (the run lists them)")
-    x.add_argument("--score", required=True, help="a registered score, e.g. Energy, MSP, Mahalanobis")
+    x.add_argument("--score", help="a registered score, e.g. Energy, MSP, Mahalanobis")
+    x.add_argument("--recommended", action="store_true",
+                   help="export the run's recommendation (model, score and its params; `unleash-ood recommend`) "
+                        "instead of --model/--score")
     x.add_argument("--out", required=True, help="bundle directory to write")
     x.add_argument("--tpr", type=float, default=0.95,
                    help="fraction of held-out ID validation images the threshold accepts (default 0.95)")

@@ -16,6 +16,7 @@ from ..errors import UserError, os_error_reason
 from .deploy import add_deploy_parsers
 from .paper import add_paper_parsers
 from .pipeline import EPILOG, add_pipeline_parsers
+from .recommend import add_recommend_parser
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     add_pipeline_parsers(sub)
     add_paper_parsers(sub)
     add_deploy_parsers(sub)
+    add_recommend_parser(sub)
     # listed here; parsed by reproduce's own parser (see main), which imports the pipeline
     sub.add_parser("reproduce", help="the paper's analyses at embedded scale (`reproduce --help`)", add_help=False)
     return p

@@ -14,18 +14,29 @@ from ..errors import UserError
 
 
 def cmd_data_list(args: argparse.Namespace) -> None:
-    from ..config import data_root
-    from ..data.builtin import fashion_status
+    from ..config import DataConfig, data_root
+    from ..data.fingerprint import write_reference
+    from ..data.listing import fashion_listing, format_listing
     from ..data.suite import data_status, format_status
 
-    rows = fashion_status(args.data_root) if args.id == "fashion_mnist" else data_status(args.data_root, args.id)
+    if args.id == "fashion_mnist":
+        cfg = DataConfig(data_root=args.data_root, download=False, seed=args.seed, ood_size=args.ood_size)
+        rows, records = fashion_listing(cfg)
+        if args.save_hashes:
+            write_reference(args.save_hashes, cfg, records)
+    elif args.save_hashes:
+        raise UserError("--save-hashes needs --id fashion_mnist (the built-in sets' hashes)")
+    else:
+        rows = data_status(args.data_root, args.id)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    roles = ("near / far = the OOD group" if args.id == "fashion_mnist" else
+    roles = ("near / far / synthetic = the OOD group" if args.id == "fashion_mnist" else
              "ID, test = the paper's suite, validation = for choosing zeta / keep ratio only")
     print(f"Data root: {data_root(args.data_root)}   (ID dataset: {args.id}; roles: {roles})")
-    print(format_status(rows))
+    print(format_listing(rows, cfg) if args.id == "fashion_mnist" else format_status(rows))
+    if args.save_hashes:
+        print(f"hashes written to {args.save_hashes}")
 
 
 def _seeds_and_overrides(args: argparse.Namespace) -> tuple[list[int], list[str]]:
@@ -105,7 +116,7 @@ def _select_keep(args: argparse.Namespace, out: Path) -> tuple[dict, str]:
     prep = prepare_data(cfg.data, ood_specs=["uniform"])
     prep.ood = {}
     model, _ = load_checkpoint(args.checkpoint, prep.id.num_classes, cfg.model)
-    val_sets = validation_ood(cfg.data, prep.val_ood, prep.id.image_shape)
+    val_sets = validation_ood(cfg.data, prep.val_ood, prep.id.image_shape, prep.val_user)
     settings = SelectionSettings(grid=tuple(args.grid), epochs=args.epochs, max_acc_drop=args.max_acc_drop,
                                  seed=cfg.seed, augment=cfg.data.augment)
     res = select_keep_ratio(model, prep, cfg.um, val_sets, settings, out_path=out)
@@ -148,8 +159,14 @@ def add_paper_parsers(sub) -> None:
     dl = dsub.add_parser("list", help="table of the OOD suite (+ CIFAR): expected path, present?, how to get it")
     dl.add_argument("--data-root", help="data root (default ~/.cache/unleash-ood)")
     dl.add_argument("--id", default="cifar10", choices=["cifar10", "cifar100", "fashion_mnist"],
-                    help="ID dataset (sets roles; fashion_mnist: the named sets with their near/far group)")
+                    help="ID dataset (sets roles; fashion_mnist: the named sets with their group, source counts "
+                         "and SHA-256)")
     dl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dl.add_argument("--seed", type=int, default=0, help="fashion_mnist: the data seed of the hashes (default 0)")
+    dl.add_argument("--ood-size", type=int, default=2000,
+                    help="fashion_mnist: data.ood_size of the hashes (default 2000, the default of data.ood_size)")
+    dl.add_argument("--save-hashes", metavar="FILE",
+                    help="fashion_mnist: also write the hashes (the layout of docs/set_hashes.json)")
     dl.set_defaults(func=cmd_data_list)
 
     r = sub.add_parser("run", help="run a paper recipe over seeds, then aggregate (mean ± std)",

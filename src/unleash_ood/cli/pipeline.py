@@ -22,6 +22,10 @@ EPILOG = ("Settings: any config key as key=value, e.g. base.epochs=20 um.keep_ra
           "See README.")
 
 
+FORCE_HELP = ("fine-tune even where ζ ≥ ½·ln(classes), which would push the model toward chance (an undertrained "
+              "model, or too small a keep ratio); stopped otherwise")
+
+
 def _config(args: argparse.Namespace) -> DemoConfig:
     """The run's config: defaults < ``--quick`` < ``--config FILE`` < ``key=value`` < ``--data-root``."""
     from ..config import build_config, read_config_file
@@ -32,27 +36,32 @@ def _config(args: argparse.Namespace) -> DemoConfig:
 
 
 def _print_table(records: list[dict], out: Path) -> None:
-    from ..report.tables import group_table, mean_table
+    from ..report.tables import group_table, mean_count, mean_table, ood_sets
     from ..utils.runtime import is_primary
 
     if not is_primary():  # under torchrun only rank 0 writes and prints
         return
-    sets = {r["ood"] for r in records if r.get("group") != "aggregate" and r["ood"] != "mean"}
     print(f"\n## Near and far OOD\n\n{group_table(records)}")
-    print(f"\n## Mean over {len(sets)} OOD sets\n\n{mean_table(records)}")
+    print(f"\n## Mean over {mean_count(ood_sets(records))}\n\n{mean_table(records)}")
     print(f"\nAll results: {out}/results.md (per-set tables), results.json/.csv, scores.npz, plots/")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from ..run.outliers import demo_with_outliers
     from ..run.pipeline import run_demo
+    from ..run.recommend import pick_line, recommend_run
     from ..run.rundir import RunDir
+
+    picks: list[str] = []
 
     def run(cfg: DemoConfig, out: str | Path) -> list[dict]:
         with RunDir.for_command(out, args) as run_dir:
-            if args.with_outliers:
-                return demo_with_outliers(cfg, run_dir)
-            return run_demo(cfg, run_dir, resume=args.resume)
+            records = (demo_with_outliers(cfg, run_dir, checkpoint=args.checkpoint, force=args.force)
+                       if args.with_outliers else
+                       run_demo(cfg, run_dir, resume=args.resume, checkpoint=args.checkpoint, force=args.force))
+            rec = recommend_run(run_dir)  # the last step: one pick, chosen on validation only
+            picks.append(f"{out}: {pick_line(rec)}" if rec else f"{out}: no recommendation (no ID validation split)")
+            return records
 
     if args.seeds is not None:
         from ..run.seeds import run_seeds
@@ -63,6 +72,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     else:
         records = run(_config(args), args.out)
     _print_table(records, Path(args.out))
+    for line in picks:
+        print(line)
 
 
 def cmd_oe(args: argparse.Namespace) -> None:
@@ -91,7 +102,7 @@ def _stage_command(stages: tuple[str, ...]):
         cfg = _config(args)
         with RunDir.for_command(args.out, args) as out:
             records = run_pipeline(cfg, out, stages, init_checkpoint=getattr(args, "checkpoint", None),
-                                   resume=args.resume)
+                                   resume=args.resume, guard=not getattr(args, "force", True))
         _print_table(records, Path(args.out))
     return run
 
@@ -128,6 +139,10 @@ def add_pipeline_parsers(sub) -> None:
     d.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
     d.add_argument("--with-outliers", action="store_true",
                    help="also fine-tune with auxiliary outliers (OE, Energy, POEM; alone, +UM, +UMAP)")
+    d.add_argument("--checkpoint", help="skip base training: run ζ, UM, the control, UMAP and every detector on "
+                   "this model (.safetensors, with or without our metadata, or a .pt/.pth state_dict; without "
+                   "metadata model.arch says the architecture), or pytorch-ood:NAME")
+    d.add_argument("--force", action="store_true", help=FORCE_HELP)
     d.add_argument("--seeds", nargs="+", metavar="N",
                    help="one run per seed into OUT/seed<N>/ (finished ones reused), then OUT/results.* = "
                         "mean ± std over the seeds")
@@ -153,8 +168,10 @@ def add_pipeline_parsers(sub) -> None:
         s = sub.add_parser(name, help=what, epilog=EPILOG)
         common(s, None)
         s.add_argument("--checkpoint", required=True,
-                       help="base model (.safetensors from `train`, or pytorch-ood:NAME)")
+                       help="base model (.safetensors from `train` or without metadata, a .pt/.pth state_dict "
+                       "with model.arch, or pytorch-ood:NAME)")
         s.add_argument("--quick", action="store_true")
+        s.add_argument("--force", action="store_true", help=FORCE_HELP)
         s.set_defaults(func=_stage_command(stages))
 
     e = sub.add_parser("eval", help="evaluate a finished run's models on further OOD sets")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,8 @@ class IDData:
     test: tuple[torch.Tensor, torch.Tensor]
     classes: tuple[str, ...]
     heldout: torch.Tensor | None = None  # open-set protocol: the held-out classes' test images
+    normalization: dict[str, list[float]] | None = None  # {"mean", "std"} for the model (data.normalize)
+    preprocessing: dict | None = None  # own data (data.own): what the input is and what was done to reach it
 
     @property
     def num_classes(self) -> int:
@@ -34,7 +37,7 @@ class IDData:
         return tuple(self.train[0].shape[1:])  # type: ignore[return-value]
 
 
-def load_id_data(name: str = "fashion_mnist", data_root: str | None = None, val_size: int = 5000,
+def load_id_data(name: str = "fashion_mnist", data_root: str | None = None, val_size: int | float = 5000,
                  train_size: int | None = None, test_size: int | None = None, seed: int = 0,
                  download: bool = True, id_classes: list[int] | None = None) -> IDData:
     """Load an ID dataset; hold out ``val_size`` training images (seeded) for every selection.
@@ -44,7 +47,8 @@ def load_id_data(name: str = "fashion_mnist", data_root: str | None = None, val_
     the order given; the other classes' test images (all of them) become ``IDData.heldout``.
     """
     if name not in ID_DATASETS:
-        raise UserError(f"unknown ID dataset {name!r}; available: {', '.join(ID_DATASETS)}")
+        raise UserError(f"unknown ID dataset {name!r}; available: {', '.join(ID_DATASETS)}, "
+                        "folder:ROOT (ROOT/train/<class>/*, ROOT/test/<class>/*) or npz:FILE")
     if name == "fashion_mnist":
         x, y = load_fashion_mnist(data_root, train=True, download=download)
         xt, yt = load_fashion_mnist(data_root, train=False, download=download)
@@ -58,21 +62,36 @@ def load_id_data(name: str = "fashion_mnist", data_root: str | None = None, val_
         heldout = xt[~torch.isin(yt, keep)]
         (x, y), (xt, yt) = _relabel(x, y, keep), _relabel(xt, yt, keep)
         classes = tuple(classes[c] for c in id_classes)
-    if val_size < 0 or val_size >= len(x):
-        raise UserError(f"val_size must be in [0, {len(x)}), got {val_size}")
+    pool, val_idx, test_idx = split_indices(len(x), len(xt), val_size, train_size, test_size, seed)
+    if test_idx is not None:
+        xt, yt = xt[test_idx], yt[test_idx]
+    return IDData(name, (x[pool], y[pool]), (x[val_idx], y[val_idx]), (xt, yt), classes, heldout)
+
+
+def split_indices(n_train: int, n_test: int, val_size: int | float, train_size: int | None = None,
+                  test_size: int | None = None, seed: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The seeded split of every ID dataset: ``(train, val, test)`` indices; ``test`` None keeps all.
+
+    ``val_size`` images (a count, or a fraction in (0, 1) of ``n_train``, rounded) are held out of the
+    training images; ``train_size``/``test_size`` take seeded subsets."""
+    if isinstance(val_size, float):
+        val_size = round(val_size * n_train)
+    if val_size < 0 or val_size >= n_train:
+        raise UserError(f"val_size must be in [0, {n_train}), got {val_size}")
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(x), generator=g)
+    order = torch.randperm(n_train, generator=g)
     val_idx, pool = order[:val_size], order[val_size:]
     if train_size is not None:
         if not 0 < train_size <= len(pool):
             raise UserError(f"train_size must be in (0, {len(pool)}], got {train_size}")
         pool = pool[:train_size]
+    test_idx = None
     if test_size is not None:
-        if not 0 < test_size <= len(xt):
-            raise UserError(f"test_size must be in (0, {len(xt)}], got {test_size}")
-        test_idx = torch.randperm(len(xt), generator=g)[:test_size]
-        xt, yt = xt[test_idx], yt[test_idx]
-    return IDData(name, (x[pool], y[pool]), (x[val_idx], y[val_idx]), (xt, yt), classes, heldout)
+        if not 0 < test_size <= n_test:
+            raise UserError(f"test_size must be in (0, {n_test}], got {test_size}")
+        test_idx = torch.randperm(n_test, generator=g)[:test_size]
+    return pool, val_idx, test_idx
 
 
 def _check_id_classes(id_classes: list[int], num_classes: int) -> torch.Tensor:
@@ -114,9 +133,12 @@ def patch_shuffle(images: torch.Tensor, patch: int = 7, seed: int = 0) -> torch.
     return tiles.reshape(n, gh, gw, c, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w).contiguous()
 
 
-def default_patch(size: int) -> int:
-    """Patch size for :func:`patch_shuffle` on ``size``×``size`` images: 7 for 28 (Fashion-MNIST), 8 for 32
-    (CIFAR); otherwise the largest divisor of ``size`` not above ``size // 4``."""
-    if size == 28:
+def default_patch(size: int, height: int | None = None) -> int:
+    """Patch size for :func:`patch_shuffle` on ``size``×``size`` images (``height``×``size`` when given):
+    7 for 28 (Fashion-MNIST), 8 for 32 (CIFAR); otherwise the largest common divisor of both sides not
+    above a quarter of the shorter one (1 at worst: pixels shuffled)."""
+    height = size if height is None else height
+    if size == height == 28:
         return 7
-    return next(p for p in range(max(size // 4, 1), 0, -1) if size % p == 0)
+    common = math.gcd(size, height)
+    return next(p for p in range(max(min(size, height) // 4, 1), 0, -1) if common % p == 0)

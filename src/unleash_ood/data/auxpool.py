@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from .builtin import picture_crops
 from .images import check_count, check_image_shape, local_rng
 
-# Disjoint from the test sets' picture lists (builtin.TEXTURE_PICTURES, builtin.PHOTO_PICTURES).
+# Disjoint from the test sets' picture lists (builtin.TEXTURE_PICTURES, builtin.PHOTO_PICTURES and the
+# scenes set's photographs, scenes.SCENE_PICTURES; tests/test_data_benchmark.py checks by content).
 # Not ``cat``: it is the same file as ``chelsea``.
 AUX_PICTURES: tuple[str, ...] = (
     "cell", "retina", "logo", "colorwheel", "microaneurysms", "stereo_motorcycle",

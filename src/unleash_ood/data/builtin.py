@@ -1,8 +1,10 @@
-"""The registry of named OOD sets: name → loader, group (``near`` / ``far``), description.
+"""The registry of named OOD sets: name → loader, group (``near`` / ``far`` / ``synthetic``),
+description, and the origin of its images (:class:`Origin`: which source images, how many distinct).
 
 Every loader returns float32 N×C×H×W in [0, 1] in the ID ``image_shape``. Groups: *near* sets share the
 ID data's kind of content (handwriting, letters, held-out Fashion-MNIST classes: mostly a semantic
-shift); *far* sets differ in low-level statistics too (textures, photographs, noise).
+shift); *far* sets are real images that differ in low-level statistics too (textures, photographs);
+*synthetic* sets are generated noise, sanity checks reported apart (OpenOOD v1.5).
 
 Sets that need nothing but the installed packages (``OFFLINE_SETS``) load anywhere; ``mnist``,
 ``kmnist`` and ``emnist-letters`` need files under the data root (or a download), and
@@ -21,9 +23,10 @@ from sklearn.datasets import load_digits
 
 from ..config import GROUPS, check_group, data_root  # noqa: F401  (re-exported)
 from ..errors import UserError
-from .glyphs import FONT_PACKAGES, load_glyphs
+from .glyphs import FONT_PACKAGES, glyph_fonts, load_glyphs, pinned_font_files
 from .images import local_rng, resize, to_image_format
 from .mnistlike import expected_path, load_mnist_like, read_test_images
+from .scenes import SCENE_PACKAGES, SCENE_PICTURES, scene_paths, scene_pictures, scene_sources
 
 TEXTURE_PICTURES: tuple[str, ...] = ("brick", "grass", "gravel")
 PHOTO_PICTURES: tuple[str, ...] = (
@@ -54,9 +57,24 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a set's images come from: its ``sources`` (pictures, fonts, files, by name; none for
+    generated noise) and how many ``distinct`` source images they were cut or drawn from."""
+
+    sources: tuple[str, ...]
+    distinct: int
+
+
+def generated(images: torch.Tensor) -> Origin:
+    """The origin of a generated set: no source images."""
+    return Origin((), 0)
+
+
+@dataclass(frozen=True)
 class BuiltinSet:
     """A named set. ``stream`` keeps the random sets independent under one seed (fixed per set, so that
-    adding a set changes no other); ``needs``: ``""`` (offline), ``"files"`` or ``"id_classes"``."""
+    adding a set changes no other); ``needs``: ``""`` (offline), ``"files"`` or ``"id_classes"``;
+    ``origin``: the set's :class:`Origin`, given its loaded images."""
 
     name: str
     group: str
@@ -64,6 +82,7 @@ class BuiltinSet:
     loader: Callable[[Request], torch.Tensor]
     stream: int
     needs: str = ""
+    origin: Callable[[torch.Tensor], Origin] = generated
 
     def __post_init__(self) -> None:
         check_group(self.group, f"OOD set {self.name!r}")
@@ -77,7 +96,7 @@ def _rng(req: Request, name: str) -> np.random.Generator:
 
 
 def _digits(req: Request) -> torch.Tensor:
-    """All 1,797 scikit-learn digits (8×8, values 0–16) upsampled to the ID size."""
+    """All 1,797 scikit-learn digits (8×8, values 0–16) upscaled to the ID size (bilinear)."""
     return to_image_format(load_digits().images / 16.0, req.image_shape, source="sklearn digits")
 
 
@@ -128,12 +147,19 @@ def _picture_tensor(name: str, channels: int) -> torch.Tensor:
 
 def picture_crops(names: Sequence[str], image_shape: tuple[int, int, int], rng: np.random.Generator,
                   n: int) -> torch.Tensor:
-    """``n`` square crops of random size and position from the named pictures, resized to H×W."""
+    """``n`` square crops of random size and position from the named scikit-image pictures, resized to H×W."""
+    if n == 0:
+        return torch.empty((0, *image_shape), dtype=torch.float32)
+    return crop_pictures([_picture_tensor(name, image_shape[0]) for name in names], image_shape, rng, n)
+
+
+def crop_pictures(pictures: Sequence[torch.Tensor], image_shape: tuple[int, int, int], rng: np.random.Generator,
+                  n: int) -> torch.Tensor:
+    """``n`` square crops of random size and position from ``pictures`` (each 1×C×h×w), resized to H×W."""
     channels, height, width = image_shape
     out = torch.empty((n, channels, height, width), dtype=torch.float32)
     if n == 0:
         return out
-    pictures = [_picture_tensor(name, channels) for name in names]
     heights = np.array([p.shape[-2] for p in pictures])
     widths = np.array([p.shape[-1] for p in pictures])
     which = rng.integers(len(pictures), size=n)
@@ -150,27 +176,55 @@ def picture_crops(names: Sequence[str], image_shape: tuple[int, int, int], rng: 
     return out
 
 
+def _scenes(req: Request) -> torch.Tensor:
+    """Random crops of the 31 scene photographs (:mod:`.scenes`)."""
+    return crop_pictures(scene_pictures(req.image_shape[0]), req.image_shape, _rng(req, "scenes"), req.n)
+
+
+def _skimage_origin(names: Sequence[str]) -> Callable[[torch.Tensor], Origin]:
+    """Crops of the named scikit-image pictures: each picture one source."""
+    return lambda images: Origin(tuple(f"skimage.data.{name}" for name in names), len(names))
+
+
+def _glyphs_origin(images: torch.Tensor) -> Origin:
+    """Letters of the test fonts: each font file one source."""
+    fonts = glyph_fonts("test")
+    return Origin(tuple(f.source for f in fonts), len(fonts))
+
+
+def _files_origin(what: str) -> Callable[[torch.Tensor], Origin]:
+    """Each image is one distinct source image of ``what``."""
+    return lambda images: Origin((what,), len(images))
+
+
 BUILTIN: dict[str, BuiltinSet] = {s.name: s for s in (
-    BuiltinSet("digits", "near", "scikit-learn's 1,797 8×8 handwritten digits, upsampled (all of them; n ignored)",
-               _digits, stream=0),
+    BuiltinSet("digits", "near", "scikit-learn's 1,797 handwritten digits (load_digits: 8×8 pixels, 17 grey "
+               "levels) upscaled to the ID size (all of them; n ignored)", _digits, stream=0,
+               origin=lambda images: Origin(("sklearn.datasets.load_digits",), 1797)),
     BuiltinSet("textures", "far", "random crops of scikit-image's brick, grass and gravel pictures",
-               lambda req: picture_crops(TEXTURE_PICTURES, req.image_shape, _rng(req, "textures"), req.n), 1),
+               lambda req: picture_crops(TEXTURE_PICTURES, req.image_shape, _rng(req, "textures"), req.n), 1,
+               origin=_skimage_origin(TEXTURE_PICTURES)),
     BuiltinSet("photos", "far", "random crops of 12 bundled scikit-image photographs",
-               lambda req: picture_crops(PHOTO_PICTURES, req.image_shape, _rng(req, "photos"), req.n), 2),
-    BuiltinSet("gaussian", "far", "per-pixel N(0.5, 0.25²) noise clipped to [0, 1]",
+               lambda req: picture_crops(PHOTO_PICTURES, req.image_shape, _rng(req, "photos"), req.n), 2,
+               origin=_skimage_origin(PHOTO_PICTURES)),
+    BuiltinSet("scenes", "far", f"random crops of {len(SCENE_PICTURES)} natural photographs from Debian's "
+               "wallpaper packages, scikit-learn and matplotlib", _scenes, 10,
+               origin=lambda images: Origin(scene_sources(), len(SCENE_PICTURES))),
+    BuiltinSet("gaussian", "synthetic", "per-pixel N(0.5, 0.25²) noise clipped to [0, 1]",
                lambda req: _gaussian(req.image_shape, _rng(req, "gaussian"), req.n), 3),
-    BuiltinSet("uniform", "far", "per-pixel U[0, 1] noise",
+    BuiltinSet("uniform", "synthetic", "per-pixel U[0, 1] noise",
                lambda req: _uniform(req.image_shape, _rng(req, "uniform"), req.n), 4),
-    BuiltinSet("glyphs", "near", "NotMNIST-style letters A–J rendered from the offline fonts (test fonts)",
-               _glyphs, 5),
+    BuiltinSet("glyphs", "near", "NotMNIST-style letters A–J rendered from the pinned fonts (test fonts)",
+               _glyphs, 5, origin=_glyphs_origin),
     BuiltinSet("heldout-classes", "near", "the ID test images of the classes left out by data.id_classes "
-               "(all of them; n ignored)", _heldout, 6, needs="id_classes"),
+               "(all of them; n ignored)", _heldout, 6, needs="id_classes",
+               origin=_files_origin("ID test split, classes left out by data.id_classes")),
     BuiltinSet("mnist", "near", "MNIST test split (torchvision layout ROOT/MNIST/raw), seeded subset of n",
-               _mnist_like("mnist"), 7, needs="files"),
+               _mnist_like("mnist"), 7, needs="files", origin=_files_origin("MNIST test split")),
     BuiltinSet("kmnist", "near", "Kuzushiji-MNIST test split (ROOT/KMNIST/raw), seeded subset of n",
-               _mnist_like("kmnist"), 8, needs="files"),
+               _mnist_like("kmnist"), 8, needs="files", origin=_files_origin("KMNIST test split")),
     BuiltinSet("emnist-letters", "near", "EMNIST letters test split (ROOT/EMNIST/raw), seeded subset of n",
-               _mnist_like("emnist-letters"), 9, needs="files"),
+               _mnist_like("emnist-letters"), 9, needs="files", origin=_files_origin("EMNIST letters test split")),
 )}
 # the sets that load anywhere from the installed packages alone
 OFFLINE_SETS: tuple[str, ...] = tuple(name for name, s in BUILTIN.items() if not s.needs)
@@ -185,6 +239,15 @@ def builtin_group(name: str) -> str | None:
 def load_builtin(name: str, req: Request) -> torch.Tensor:
     """Load the built-in set ``name`` (a key of ``BUILTIN``)."""
     return BUILTIN[name].loader(req)
+
+
+def _files_present(check: Callable[[], object]) -> dict:
+    """``present`` and ``how`` of a set whose pinned files ``check`` looks for (it raises when one is missing)."""
+    try:
+        check()
+    except UserError as e:
+        return {"present": False, "how": str(e)}
+    return {"present": True}
 
 
 def fashion_status(data_root_: str | None) -> list[dict]:
@@ -202,6 +265,10 @@ def fashion_status(data_root_: str | None) -> list[dict]:
         elif s.needs == "id_classes":
             row.update(expected="with data.id_classes set (open-set protocol)")
         elif name == "glyphs":
-            row.update(expected=f"fonts of matplotlib and /usr/share/fonts (more: apt-get install {FONT_PACKAGES})")
+            row.update(expected=f"pinned fonts of matplotlib and of {FONT_PACKAGES}",
+                       **_files_present(pinned_font_files))
+        elif name == "scenes":
+            row.update(expected=f"pictures of scikit-learn, matplotlib and of {SCENE_PACKAGES}",
+                       **_files_present(scene_paths))
         rows.append(row)
     return rows

@@ -1,9 +1,14 @@
-"""``glyphs``: NotMNIST-style letters A–J rendered offline from every usable font (a near-OOD set).
+"""``glyphs``: NotMNIST-style letters A–J rendered offline from a pinned list of fonts (a near-OOD set).
 
-Fonts: the TrueType/OpenType files matplotlib ships (``matplotlib.get_data_path()/fonts/ttf``) and those
-under ``/usr/share/fonts`` (Debian: fonts-dejavu-core, fonts-liberation, fonts-freefont-ttf). A font
-that fails to load, or lacks one of the letters (renders it as its missing-glyph box, or two letters
-alike), is skipped; files of the same family and style count once.
+Fonts: exactly the files of :data:`PINNED_FONTS`, so that the set is a function of its seed and these
+files only: text fonts matplotlib ships (``matplotlib.get_data_path()/fonts/ttf``: DejaVu, Computer
+Modern, STIX) and those of the Debian packages ``make data`` installs (:data:`FONT_PACKAGES`:
+fonts-liberation, fonts-freefont-ttf). Other fonts on the system are ignored; a pinned file that is
+missing fails with one line naming its package. Math, symbol and dingbat fonts are not pinned, and a
+font that does not draw ten distinct letter shapes A–J is excluded anyway (:func:`draws_letters`:
+ten distinct glyph bitmaps with ink, none the missing-glyph box, each closest to its own letter among
+matplotlib's DejaVu renderings of A–J; cmex10, whose A–J are delimiters, fails it). Files of the same
+family and style count once.
 
 Split: each font *family* goes, by a hash of its name, to the TEST fonts (``glyphs``, the near-OOD test
 set) or to the VALIDATION fonts (held out of ``glyphs``: ``load_glyphs(split="val")`` is a near-OOD
@@ -26,7 +31,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..errors import UserError
 from .images import check_count, check_image_shape, local_rng, to_image_format
@@ -34,7 +39,33 @@ from .images import check_count, check_image_shape, local_rng, to_image_format
 LETTERS = "ABCDEFGHIJ"
 SPLITS = ("test", "val")
 SYSTEM_FONT_DIRS: tuple[Path, ...] = (Path("/usr/share/fonts"),)
-FONT_PACKAGES = "fonts-dejavu-core fonts-liberation fonts-freefont-ttf"
+FONT_PACKAGES = "fonts-liberation fonts-freefont-ttf"  # the Makefile's FONT_PACKAGES
+MATPLOTLIB = "matplotlib"
+# Debian's folder of each font package
+PACKAGE_FONT_DIRS: dict[str, Path] = {"fonts-liberation": Path("/usr/share/fonts/truetype/liberation"),
+                                      "fonts-freefont-ttf": Path("/usr/share/fonts/truetype/freefont")}
+# the font files `glyphs` renders from, per package (matplotlib: its bundled fonts; cmmi10, cmsy10,
+# cmex10 are math fonts, LastResortHE, STIXNonUni*, STIXSiz* and *Display symbol or fallback fonts)
+PINNED_FONTS: dict[str, tuple[str, ...]] = {
+    MATPLOTLIB: ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+                 "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
+                 "DejaVuSansMono-BoldOblique.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
+                 "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf", "cmb10.ttf", "cmr10.ttf", "cmss10.ttf",
+                 "cmti10.ttf", "cmtt10.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf",
+                 "STIXGeneralBolIta.ttf"),
+    "fonts-liberation": tuple(f"Liberation{face}-{style}.ttf" for face in ("Mono", "Sans", "SansNarrow", "Serif")
+                              for style in ("Regular", "Bold", "Italic", "BoldItalic")),
+    "fonts-freefont-ttf": tuple(f"Free{face}{style}.ttf" for face, italic in (("Mono", "Oblique"),
+                                                                                ("Sans", "Oblique"),
+                                                                                ("Serif", "Italic"))
+                                for style in ("", "Bold", italic, f"Bold{italic}")),
+}
+# matplotlib's renderings of A–J that a font's letters are compared with (draws_letters)
+REFERENCE_FONTS: tuple[str, ...] = ("DejaVuSans.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf",
+                                    "DejaVuSerif-Italic.ttf")
+SHAPE_SIDE = 8  # a letter's shape: its bounding box blurred and scaled to 8×8
+SHAPE_BLUR = 2.0  # px, on the 32×32 intermediate
+MIN_LETTERS = 8  # of the ten, closest to their own reference letter
 FONT_SUFFIXES = (".ttf", ".otf")
 VAL_FRACTION = 0.3  # of the font families (by hash), held out for validation
 FONT_SIZE = 64
@@ -49,16 +80,40 @@ _STREAMS = {"test": 500, "val": 501}
 
 @dataclass(frozen=True)
 class GlyphFont:
-    """A usable font file and its identity (family, style)."""
+    """A usable font file, its identity (family, style) and where it comes from (``package:file``)."""
 
     path: Path
     family: str
     style: str
+    source: str = ""
 
 
 def default_font_dirs() -> list[Path]:
     """matplotlib's bundled TrueType fonts, then the system's font folders."""
     return [Path(matplotlib.get_data_path()) / "fonts" / "ttf", *SYSTEM_FONT_DIRS]
+
+
+def package_font_dir(package: str) -> Path:
+    """The folder a pinned font package installs into (matplotlib: its bundled ``fonts/ttf``)."""
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf" if package == MATPLOTLIB else PACKAGE_FONT_DIRS[package]
+
+
+def pinned_font_files() -> list[tuple[str, Path]]:
+    """``(package:file, path)`` of every pinned font; a missing one fails with one line naming its package."""
+    found, missing = [], {}
+    for package, names in PINNED_FONTS.items():
+        for name in names:
+            path = package_font_dir(package) / name
+            if path.is_file():
+                found.append((f"{package}:{name}", path))
+            else:
+                missing.setdefault(package, []).append(name)
+    if missing:
+        fix = " and ".join(("reinstall matplotlib (pip install --force-reinstall matplotlib)" if pkg == MATPLOTLIB
+                            else f"apt-get install {pkg}") for pkg in missing)
+        files = ", ".join(name for names in missing.values() for name in names)
+        raise UserError(f"the 'glyphs' OOD set needs its pinned fonts; missing: {files}: {fix} (or `make data`)")
+    return found
 
 
 def font_files(dirs: Sequence[Path]) -> list[Path]:
@@ -73,29 +128,70 @@ def _mask_key(font: ImageFont.FreeTypeFont, text: str) -> tuple[tuple[int, int],
     return (mask.size, bytes(mask)) if mask.getbbox() else None
 
 
-def _usable(path: Path) -> GlyphFont | None:
-    """The font at ``path`` if it loads and draws A–J as ten distinct glyphs, none its missing-glyph box."""
+def letter_shapes(font: ImageFont.FreeTypeFont) -> np.ndarray | None:
+    """A–J as 10 × 64 shape vectors (bounding box → 32×32, blurred, 8×8; zero mean, unit norm), or None
+    when a letter has no ink."""
+    rows = []
+    for letter in LETTERS:
+        mask = font.getmask(letter)
+        image = Image.frombytes("L", mask.size, bytes(mask))
+        box = image.getbbox()
+        if box is None:
+            return None
+        image = image.crop(box).resize((4 * SHAPE_SIDE, 4 * SHAPE_SIDE), Image.Resampling.BILINEAR)
+        image = image.filter(ImageFilter.GaussianBlur(SHAPE_BLUR)).resize((SHAPE_SIDE, SHAPE_SIDE),
+                                                                            Image.Resampling.BOX)
+        v = np.asarray(image, np.float64).ravel()
+        v = v - v.mean()
+        rows.append(v / max(float(np.linalg.norm(v)), 1e-12))
+    return np.stack(rows)
+
+
+def reference_shapes() -> list[np.ndarray]:
+    """The shapes of A–J in matplotlib's DejaVu fonts (:data:`REFERENCE_FONTS`)."""
+    folder = package_font_dir(MATPLOTLIB)
+    shapes = [letter_shapes(ImageFont.truetype(str(folder / name), FONT_SIZE)) for name in REFERENCE_FONTS]
+    return [s for s in shapes if s is not None]
+
+
+def draws_letters(font: ImageFont.FreeTypeFont, references: Sequence[np.ndarray]) -> bool:
+    """Whether at least :data:`MIN_LETTERS` of the font's A–J are closest (correlation of their shapes,
+    best over the ``references``) to the same letter: text fonts pass, symbol fonts (cmex10) do not."""
+    shapes = letter_shapes(font)
+    if shapes is None:
+        return False
+    similarity = np.max([shapes @ ref.T for ref in references], axis=0)
+    return int((similarity.argmax(axis=1) == np.arange(len(LETTERS))).sum()) >= MIN_LETTERS
+
+
+def _usable(path: Path, references: Sequence[np.ndarray], source: str = "") -> GlyphFont | None:
+    """The font at ``path`` if it loads and draws A–J as ten distinct glyphs with ink, none its
+    missing-glyph box, shaped like the letters (:func:`draws_letters`)."""
     try:
         font = ImageFont.truetype(str(path), FONT_SIZE // 2)
         keys = [_mask_key(font, letter) for letter in LETTERS]
         missing = _mask_key(font, _MISSING)
         family, style = font.getname()
+        shaped = None not in keys and draws_letters(ImageFont.truetype(str(path), FONT_SIZE), references)
     except (OSError, ValueError):
         return None
-    if None in keys or len(set(keys)) < len(LETTERS) or missing in keys:
+    if None in keys or len(set(keys)) < len(LETTERS) or missing in keys or not shaped:
         return None
-    return GlyphFont(path, family or path.stem, style or "Regular")
+    return GlyphFont(path, family or path.stem, style or "Regular", source or str(path))
 
 
 def available_fonts(dirs: Sequence[Path] | None = None) -> list[GlyphFont]:
-    """Every usable font under ``dirs`` (default: :func:`default_font_dirs`), one per (family, style)."""
+    """Every usable font, one per (family, style): the pinned ones (:data:`PINNED_FONTS`), or with
+    ``dirs`` every font file under those folders (e.g. for a test)."""
+    files = pinned_font_files() if dirs is None else [("", path) for path in font_files(dirs)]
+    references = reference_shapes()
     fonts: dict[tuple[str, str], GlyphFont] = {}
-    for path in font_files(default_font_dirs() if dirs is None else dirs):
-        font = _usable(path)
+    for source, path in files:
+        font = _usable(path, references, source)
         if font is not None:
             fonts.setdefault((font.family.lower(), font.style.lower()), font)
     if not fonts:
-        where = ", ".join(str(d) for d in (default_font_dirs() if dirs is None else dirs))
+        where = ", ".join(str(d) for d in dirs or ())
         raise UserError(f"no usable font for the 'glyphs' OOD set (looked in {where}); install fonts, e.g. "
                         f"apt-get install {FONT_PACKAGES}")
     return list(fonts.values())
@@ -147,19 +243,25 @@ def _render(font: ImageFont.FreeTypeFont, letter: str, stroke: int, jitter: tupl
     return np.asarray(warped)
 
 
-def load_glyphs(n: int = 2000, seed: int = 0, image_shape: tuple[int, int, int] = (1, 28, 28),
-                split: str = "test", font_dirs: Sequence[Path] | None = None) -> torch.Tensor:
-    """``n`` letter images from the ``split`` fonts (``"test"``: the ``glyphs`` OOD set; ``"val"``: the
-    held-out fonts, a near-OOD proxy for validation), float32 N×C×H×W in [0, 1], fixed per seed and font set."""
+def glyph_fonts(split: str = "test", font_dirs: Sequence[Path] | None = None) -> list[GlyphFont]:
+    """The fonts of one split (``"test"``: the ``glyphs`` set's; ``"val"``: the held-out ones)."""
     if split not in SPLITS:
         raise UserError(f"glyph font split must be one of {', '.join(SPLITS)}; got {split!r}")
-    image_shape = check_image_shape(image_shape)
-    check_count(n, "n")
-    rng = local_rng(seed, _STREAMS[split])
     fonts = split_fonts(available_fonts(font_dirs))[split]
     if not fonts:
         raise UserError(f"no {split} fonts for the 'glyphs' set: only one font family is usable; install more, "
                         f"e.g. apt-get install {FONT_PACKAGES}")
+    return fonts
+
+
+def load_glyphs(n: int = 2000, seed: int = 0, image_shape: tuple[int, int, int] = (1, 28, 28),
+                split: str = "test", font_dirs: Sequence[Path] | None = None) -> torch.Tensor:
+    """``n`` letter images from the ``split`` fonts (``"test"``: the ``glyphs`` OOD set; ``"val"``: the
+    held-out fonts, a near-OOD proxy for validation), float32 N×C×H×W in [0, 1], fixed per seed and font set."""
+    image_shape = check_image_shape(image_shape)
+    check_count(n, "n")
+    fonts = glyph_fonts(split, font_dirs)
+    rng = local_rng(seed, _STREAMS[split])
     loaded = [ImageFont.truetype(str(f.path), FONT_SIZE) for f in fonts]
     canvas = (2 * image_shape[2], 2 * image_shape[1])  # PIL sizes are (width, height)
     which = rng.integers(len(loaded), size=n)

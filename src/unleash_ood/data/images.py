@@ -58,8 +58,9 @@ def to_image_format(images: np.ndarray | torch.Tensor, image_shape: tuple[int, i
 
     Input layout: numpy N×H×W or N×H×W×C (channel-last, as in files); torch N×H×W or N×C×H×W.
     C in {1, 3, 4}; alpha is dropped. dtype uint8 (0–255), bool, or float in [0, 1].
-    RGB→gray uses luminance 0.299R + 0.587G + 0.114B; gray→RGB replicates; resizing is bilinear,
-    antialiased. ``source`` names the origin (file, folder, spec) in error messages.
+    RGB→gray uses luminance 0.299R + 0.587G + 0.114B; gray→RGB replicates; resizing (:func:`fit_size`)
+    scales the shorter side to fit, bilinear and antialiased, then center-crops (same aspect: a plain
+    resize). ``source`` names the origin (file, folder, spec) in error messages.
     """
     channels, height, width = check_image_shape(image_shape)
     array = _as_channel_last(images, source)
@@ -67,7 +68,7 @@ def to_image_format(images: np.ndarray | torch.Tensor, image_shape: tuple[int, i
     out = torch.empty((len(array), channels, height, width), dtype=torch.float32)
     for start in range(0, len(array), _CHUNK):
         chunk = _to_float_nchw(array[start:start + _CHUNK])
-        out[start:start + len(chunk)] = resize(_match_channels(chunk, channels), (height, width))
+        out[start:start + len(chunk)] = fit_size(_match_channels(chunk, channels), (height, width))
     return out
 
 
@@ -134,6 +135,20 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
+def fit_size(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """N×C×h×w → N×C×H×W: the shorter side (relative to ``size``) scaled to fit, bilinear and antialiased,
+    then a center crop (torchvision's ``Resize`` + ``CenterCrop``); the same aspect is a plain resize."""
+    h, w = x.shape[-2:]
+    height, width = size
+    if (h, w) == (height, width):
+        return x
+    scale = max(height / h, width / w)
+    nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
+    out = resize(x, (nh, nw))
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return out[..., top:top + height, left:left + width].contiguous()
+
+
 # --------------------------------------------------------------------------- image files
 
 
@@ -146,14 +161,23 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
+GRAY_MODES: tuple[str, ...] = ("1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
 def pil_to_array(image: Image.Image) -> np.ndarray:
-    """A PIL image as H×W (gray) or H×W×3/4 uint8, or float in [0, 1] for 16/32-bit gray."""
+    """A PIL image as H×W (gray) or H×W×3/4 uint8, or float for 16/32-bit gray: ``I;16`` / 65535;
+    ``I`` / 255, or / 65535 above 255; ``F`` (float TIFF) as stored when within [0, 1], else / 255, or
+    / 65535 above 255 (values outside [0, 65535] are refused by :func:`to_image_format`)."""
     if image.mode.startswith("I;16"):
         return np.asarray(image, dtype=np.float32) / 65535.0
     if image.mode == "I":
         array = np.asarray(image, dtype=np.float32)
         return np.clip(array / (65535.0 if array.max() > 255 else 255.0), 0.0, 1.0)
-    if image.mode in ("1", "L", "F"):
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        high = float(array.max()) if array.size else 0.0
+        return array if not high > 1 + _RANGE_EPS else array / (255.0 if high <= 255 else 65535.0)
+    if image.mode in ("1", "L"):
         return np.asarray(image.convert("L"))
     if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
         # via RGBA so that palette transparency converts cleanly; alpha is dropped later
@@ -161,11 +185,32 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
 def read_image(path: Path) -> np.ndarray:
+    """The one image decoder: a file as :func:`pil_to_array` gives it (ID ``folder:`` data, OOD and
+    auxiliary ``folder:`` specs and ``detect`` all read files through here)."""
     try:
         with Image.open(path) as image:
             image.load()
             return pil_to_array(image)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+    except _READ_ERRORS as e:
+        raise UserError(f"cannot read image file {path}: {e}") from None
+
+
+def load_image(path: Path, image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """One image file in the ID format: :func:`read_image`, then :func:`to_image_format` (C×H×W)."""
+    return to_image_format(read_image(path)[None], image_shape, source=str(path))[0]
+
+
+def image_header(path: Path) -> tuple[int, int, int]:
+    """``(height, width, channels)`` of an image file from its header (nothing decoded): channels 1 for
+    the gray modes (:data:`GRAY_MODES`), else 3. An empty or unidentifiable file is a :class:`UserError`."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            return height, width, 1 if image.mode in GRAY_MODES else 3
+    except _READ_ERRORS as e:
         raise UserError(f"cannot read image file {path}: {e}") from None
 

@@ -26,7 +26,7 @@ from .images import (
     check_image_shape,
     check_seed,
     image_files,
-    read_image,
+    load_image,
     to_image_format,
 )
 
@@ -130,5 +130,5 @@ def _load_folder(folder: Path, image_shape: tuple[int, int, int]) -> torch.Tenso
     progress = tqdm(files, desc=f"reading {folder.name or folder}", unit="img",
                     disable=len(files) < _PROGRESS_MIN_FILES, leave=False)
     for i, path in enumerate(progress):
-        out[i] = to_image_format(read_image(path)[None], image_shape, source=str(path))[0]
+        out[i] = load_image(path, image_shape)
     return out

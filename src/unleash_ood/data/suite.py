@@ -33,6 +33,7 @@ from ..errors import UserError
 from ..utils.files import atomic_write
 from .builtin import Sources
 from .cifar import cifar_present, download_cifar, load_cifar
+from .fingerprint import to_uint8
 from .images import image_files, pil_to_array, to_image_format
 from .specs import load_ood_suite, ood_name
 
@@ -284,7 +285,7 @@ def materialize(names: Sequence[str], root: str | Path | None, cache_dir: str | 
                     out[key] = path
                     continue
         x = load_suite_set(key, root, image_shape, n, seed, id_dataset, allow_validation)
-        u8 = (x * 255).round().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        u8 = to_uint8(x).permute(0, 2, 3, 1).numpy()
         def write(tmp: str, u8=u8, stamp=stamp) -> None:
             with open(tmp, "wb") as f:  # a file object: numpy appends no ".npz" to the temp name
                 np.savez(f, images=u8, stamp=np.array(stamp))

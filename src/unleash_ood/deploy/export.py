@@ -15,8 +15,9 @@ from torch import nn
 
 from .. import __version__
 from ..config import ModelConfig
-from ..data import IDData, load_id_data
+from ..data import IDData
 from ..data.batches import TensorBatches
+from ..data.own import load_data
 from ..detectors.base import Detector, build_detector
 from ..errors import UserError
 from ..eval.evaluate import fit_detectors
@@ -56,6 +57,7 @@ class ExportRequest:
     tpr: float = 0.95
     format: str = "torch"
     device: str = "cpu"
+    params: dict | None = None  # the score's hyperparameters (None: its defaults), e.g. a recommendation's
 
     def check(self) -> None:
         if self.format not in FORMATS:
@@ -93,7 +95,7 @@ def load_run_model(req: ExportRequest) -> LoadedModel:
     cfg = run.load_config()
     found = run.model(req.model)
     d = cfg.data
-    data = load_id_data(d.dataset, d.data_root, d.val_size, d.train_size, d.test_size, d.seed, d.download)
+    data = load_data(d)  # the run's splits and input, its own data included
     if not len(data.val[0]):
         raise UserError(f"run {run.root} has no ID validation split (data.val_size=0): nothing to calibrate on")
     model, model_cfg = load_checkpoint(found.weights, data.num_classes, cfg.model)
@@ -130,7 +132,7 @@ def bundle_spec(req: ExportRequest, src: LoadedModel, detector: Detector) -> Bun
 def export_run(req: ExportRequest) -> BundleSpec:
     """Write the bundle ``req.out`` for model ``req.model`` and score ``req.score`` of run ``req.run``."""
     req.check()
-    detector = build_detector(req.score)
+    detector = build_detector(req.score, req.params)
     if req.format == "onnx" and detector.needs_inputs:
         raise UserError(f"{req.score} needs its own gradient pass over the inputs, not one forward pass; "
                         "it cannot be an ONNX graph: export it with --format torch")

@@ -1,7 +1,9 @@
 """``detect``'s inputs and output: ``npz:PATH``, ``folder:PATH`` or image files in, one CSV row per image out.
 
-Images are converted like OOD sets (:func:`unleash_ood.data.images.to_image_format`: uint8 or [0, 1] floats,
-channels matched by luminance / replication, bilinear antialiased resize to the bundle's input size).
+Files are decoded by the one decoder (:func:`unleash_ood.data.images.read_image`, as in training and
+evaluation) and converted like OOD sets (:func:`unleash_ood.data.images.to_image_format`: uint8 or [0, 1]
+floats, channels matched by luminance / replication, shorter side resized and center-cropped to the bundle's
+input size).
 """
 
 from __future__ import annotations
@@ -10,52 +12,23 @@ import csv
 import io
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.images import to_image_format
+from ..data.images import IMAGE_EXTENSIONS, image_files, load_image
 from ..data.specs import load_ood
 from ..errors import UserError
 from ..utils.files import write_text
 from ..utils.runtime import select_device
 from .detector import OODDetector, Predictions
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 COLUMNS = ("source", "pred", "prob", "score", "is_ood")
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, in sorted order; hidden files and folders skipped."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def read_image(path: Path) -> np.ndarray:
-    """One image file as H×W (gray) or H×W×3/4 uint8, or float in [0, 1] for 16/32-bit gray."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode.startswith("I;16"):
-                return np.asarray(image, dtype=np.float32) / 65535.0
-            if image.mode in ("I", "F"):
-                array = np.asarray(image, dtype=np.float32)
-                return np.clip(array / (65535.0 if array.max() > 255 else 255.0), 0.0, 1.0)
-            if image.mode in ("1", "L"):
-                return np.asarray(image.convert("L"))
-            if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
-                return np.asarray(image.convert("RGBA"))  # alpha is dropped by the conversion
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image file {path}: {e}") from None
 
 
 def read_files(files: list[Path], shape: tuple[int, int, int], desc: str) -> torch.Tensor:
     out = torch.empty((len(files), *shape), dtype=torch.float32)
     for i, path in enumerate(tqdm(files, desc=desc, unit="img", disable=len(files) < 100, leave=False)):
-        out[i] = to_image_format(read_image(path)[None], shape, source=str(path))[0]
+        out[i] = load_image(path, shape)
     return out
 
 
@@ -74,7 +47,7 @@ def load_inputs(specs: list[str], shape: tuple[int, int, int]) -> tuple[list[str
                 raise UserError(f"input folder {folder} does not exist or is not a folder")
             files = image_files(folder)
             if not files:
-                raise UserError(f"input folder {folder} has no image files ({', '.join(IMAGE_SUFFIXES)})")
+                raise UserError(f"input folder {folder} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
             x = read_files(files, shape, desc=f"reading {folder.name or folder}")
             sources += [str(p) for p in files]
         else:

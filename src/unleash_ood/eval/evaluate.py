@@ -92,10 +92,10 @@ class Evaluation:
     def records(self, model_name: str, groups: Mapping[str, str] | None = None) -> list[dict]:
         """Metric records per (score, OOD set), then aggregate records per score.
 
-        ``groups`` maps OOD set names to ``near``/``far`` (a set it leaves out is ``far``). A per-set
-        record's ``group`` is its set's; the aggregate records (``ood`` = ``near``, ``far`` — wherever
-        the group has sets — and ``mean``, over all sets) have ``group`` = ``"aggregate"`` and each
-        metric's unweighted mean over their sets.
+        ``groups`` maps OOD set names to ``near``/``far``/``synthetic`` (a set it leaves out is ``far``).
+        A per-set record's ``group`` is its set's; the aggregate records (``ood`` = ``near``, ``far``,
+        ``synthetic`` — wherever the group has sets — and ``mean``, over the near and far sets) have
+        ``group`` = ``"aggregate"`` and each metric's unweighted mean over their sets.
         """
         rows = []
         id_scores = self.scores["id"]

@@ -3,7 +3,7 @@ the once-covered record of a tracked epoch, and the validation metrics hyperpara
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,16 +48,18 @@ class ModelsEvaluation:
         return out
 
     def aggregate(self, model: str, score: str, ood: str = "mean") -> dict:
-        """One aggregate record (``ood``: ``mean``, ``near`` or ``far``)."""
+        """One aggregate record (``ood``: ``mean``, ``near``, ``far`` or ``synthetic``)."""
         return next(r for r in self.records if r["model"] == model and r["score"] == score and r["ood"] == ood
                     and r["group"] == AGGREGATE_GROUP)
 
 
 def evaluate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prepared,
                     scores: Iterable[str | Detector], sets: EvalSets | None = None,
-                    features_path: Path | None = None, progress: bool = True) -> ModelsEvaluation:
+                    features_path: Path | None = None, progress: bool = True,
+                    per_model: Mapping[str, Sequence[str | Detector]] | None = None) -> ModelsEvaluation:
     """Evaluate each ``name → (model, mask or None)`` on ``sets`` (default: the test sets): every final
     evaluation, each tracked epoch, the validation metrics and the keep-ratio selection go through here.
+    ``per_model[name]``, where given, replaces ``scores`` for that model (the tuned rows of ``scores.tune``).
 
     Detectors are fitted afresh per model, on the network as it is used (the mask applied), from one
     training pass when one of them needs it. A masked model's ``id_acc`` is the unmasked network's
@@ -74,7 +76,8 @@ def evaluate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prep
         if masks is not None:
             apply_masks(model, masks)
         try:
-            ev = evaluate(model, id_b, ood_b, scores, train=train_b, num_classes=prep.id.num_classes,
+            ev = evaluate(model, id_b, ood_b, (per_model or {}).get(name, scores), train=train_b,
+                          num_classes=prep.id.num_classes,
                           keep_features=features_path is not None, progress=progress)
         finally:
             if masks is not None:

@@ -153,14 +153,17 @@ class TrainScope:
 
 def train(model: nn.Module, batches: Iterable, cfg: OptimConfig, step_loss: StepLoss = ce_step,
           on_epoch_end: Callable[[int, dict], None] | None = None, desc: str = "train",
-          state: ResumeState | None = None, scope: TrainScope | None = None) -> list[dict]:
+          state: ResumeState | None = None, scope: TrainScope | None = None,
+          flood_level: float | None = None) -> list[dict]:
     """Run ``cfg.epochs`` epochs of ``step_loss`` over ``batches``; return one record per epoch.
 
     ``scope``: the parameters optimized and the train mode (default: all parameters, ``model.train()``;
     see :class:`TrainScope`). ``on_epoch_end(epoch, record)``
     runs after every epoch (evaluation, checkpoints). A NaN/inf objective stops training with
     :class:`NonFiniteLossError` before the optimizer applies it. ``state``: save a resumable state
-    after every epoch and/or resume from it (:class:`ResumeState`).
+    after every epoch and/or resume from it (:class:`ResumeState`). ``flood_level`` (flooding's ζ, UM and
+    UMAP): each record also holds ``ce_below_zeta``, the fraction of the epoch's steps whose batch CE was
+    below ζ (the step loss's logged CE), where flooding ascends the CE instead of descending it.
 
     Forward passes run under the run's autocast policy (bf16 on CUDA by default, none on CPU;
     :mod:`unleash_ood.utils.runtime`). Under torchrun the model is wrapped in DistributedDataParallel and
@@ -198,7 +201,7 @@ def train(model: nn.Module, batches: Iterable, cfg: OptimConfig, step_loss: Step
     step_model = _step_model(model, device)
     for epoch in range(start, cfg.epochs + 1):
         (scope.train_mode or nn.Module.train)(model)
-        total, total_ce, n = 0.0, 0.0, 0
+        total, total_ce, n, below, n_steps = 0.0, 0.0, 0, 0, 0
         bar = tqdm(batches, desc=f"{desc} {epoch}/{cfg.epochs}", leave=False, total=steps,
                    disable=not runtime.is_primary())
         for step, batch in enumerate(bar):
@@ -212,12 +215,17 @@ def train(model: nn.Module, batches: Iterable, cfg: OptimConfig, step_loss: Step
             opt.step()
             sched.step()
             size = runtime.batch_size_of(batch)  # paired (ID, outlier) batches count their ID part
-            total, total_ce, n = total + loss.item() * size, total_ce + ce.item() * size, n + size
+            ce_value = ce.item()
+            total, total_ce, n = total + loss.item() * size, total_ce + ce_value * size, n + size
+            below, n_steps = below + (flood_level is not None and ce_value < flood_level), n_steps + 1
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-        total, total_ce, n = runtime.all_reduce_sum([total, total_ce, float(n)], device)
+        total, total_ce, n, below, n_steps = runtime.all_reduce_sum(
+            [total, total_ce, float(n), float(below), float(n_steps)], device)
         record = {"epoch": epoch, "loss": total / max(n, 1), "train_ce": total_ce / max(n, 1),
                   "lr": opt.param_groups[0]["lr"]}
+        if flood_level is not None:
+            record["ce_below_zeta"] = below / max(n_steps, 1)
         history.append(record)
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)

@@ -37,14 +37,16 @@ def flooding_loss(ce: torch.Tensor, zeta: float, global_ce: torch.Tensor | None 
 
 def flooding_step(zeta: float) -> StepLoss:
     """A step loss for :func:`unleash_ood.methods.train.train`: flooding on the batch-mean CE (of the global
-    batch under torchrun, see :func:`flooding_loss`)."""
+    batch under torchrun, see :func:`flooding_loss`). The CE it logs is the one whose sign flooding takes
+    (the global batch's under torchrun), so ``train``'s ``ce_below_zeta`` counts exactly the ascending steps."""
 
     def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = split_batch(batch)
         logits = model(to_model_input(x, model))
         ce = F.cross_entropy(logits, y.to(logits.device))
         if runtime.world_size() > 1:
-            return flooding_loss(ce, zeta, runtime.global_batch_mean(ce.detach(), len(y))), ce.detach()
+            global_ce = runtime.global_batch_mean(ce.detach(), len(y))
+            return flooding_loss(ce, zeta, global_ce), global_ce
         return flooding_loss(ce, zeta), ce.detach()
 
     return step
@@ -141,6 +143,25 @@ def estimate_zeta(model: nn.Module, batches: Iterable, keep_ratio: float, draws:
     return estimate
 
 
+# UM's guard rule: flooding holds the training CE near ζ, so ζ ≥ CHANCE_FRACTION · ln C (ln C: the CE of a
+# uniform, chance-level prediction) would hold the model's mean true-class probability at ≤ C^(-1/2).
+CHANCE_FRACTION = 0.5
+
+
+def chance_ce(num_classes: int) -> float:
+    """ln C: the cross-entropy of the uniform prediction over ``num_classes`` classes."""
+    return math.log(num_classes)
+
+
+def toward_chance(zeta: float, num_classes: int) -> bool:
+    """Whether flooding at ζ would push a model toward chance: ζ ≥ ½·ln C (:data:`CHANCE_FRACTION`).
+
+    The paper's levels are far below it (ζ = 0.10 for CIFAR-10, 0.04·ln 10; ζ = 1.20 for CIFAR-100,
+    0.26·ln 100). A model that has not memorized its training set (its own training CE already near
+    ln C) gives a ζ above the line at any keep ratio: a random mask only raises its loss further."""
+    return zeta >= CHANCE_FRACTION * chance_ce(num_classes)
+
+
 def check_zeta(zeta: float) -> float:
     if not math.isfinite(zeta) or zeta < 0:
         raise UserError(f"zeta must be a finite number ≥ 0, got {zeta}")
@@ -151,7 +172,9 @@ def unleash(model: nn.Module, batches: Iterable, zeta: float, cfg: OptimConfig,
             on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
     """UM: fine-tune all weights of ``model`` in place with the flooding objective at level ζ.
 
-    With ζ = 0 this is plain CE fine-tuning with the same schedule (the control).
+    With ζ = 0 this is plain CE fine-tuning with the same schedule (the control). Each epoch's record holds
+    ``ce_below_zeta``: the fraction of steps whose batch CE was below ζ (gradient ascent; 0 for ζ = 0).
     """
-    return train(model, batches, cfg, flooding_step(check_zeta(zeta)), on_epoch_end=on_epoch_end,
-                 desc="UM" if zeta > 0 else "CE fine-tune")
+    zeta = check_zeta(zeta)
+    return train(model, batches, cfg, flooding_step(zeta), on_epoch_end=on_epoch_end,
+                 desc="UM" if zeta > 0 else "CE fine-tune", flood_level=zeta)

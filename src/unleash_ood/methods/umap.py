@@ -46,12 +46,14 @@ class LearnedMask:
 
 
 def learn_mask(model: nn.Module, batches: Iterable, step_loss: StepLoss, keep_ratio: float, cfg: OptimConfig,
-               init: str = "kaiming", seed: int = 0, hooks: MaskHooks | None = None) -> LearnedMask:
+               init: str = "kaiming", seed: int = 0, hooks: MaskHooks | None = None,
+               flood_level: float | None = None) -> LearnedMask:
     """Learn per-layer edge-popup masks keeping ``keep_ratio`` of each layer's weights under ``step_loss``.
 
     The weights are frozen and the model stays in eval mode (BatchNorm statistics included); only the
     popup scores (initialized by ``init`` from ``seed``) are trained. Afterwards the masks are removed and
     every parameter's ``requires_grad`` is restored, also after an error: the model is left untouched.
+    ``flood_level``: ``step_loss`` floods at this ζ (records get ``ce_below_zeta``, see ``train``).
     """
     check_keep_ratio(keep_ratio)
     hooks = hooks or MaskHooks()
@@ -63,7 +65,7 @@ def learn_mask(model: nn.Module, batches: Iterable, step_loss: StepLoss, keep_ra
         if hooks.on_start is not None:
             hooks.on_start()
         history = train(model, batches, cfg, step_loss, on_epoch_end=hooks.on_epoch_end, desc=hooks.desc,
-                        scope=TrainScope(params, frozen_eval_mode))
+                        scope=TrainScope(params, frozen_eval_mode), flood_level=flood_level)
         masks = popup_binary_masks(model)
         scores = {name: s.detach().clone() for name, s in zip(maskable_layers(model), params)}
     finally:
@@ -79,10 +81,11 @@ def learn_umap_mask(model: nn.Module, batches: Iterable, zeta: float, keep_ratio
     """Learn per-layer binary masks keeping ``keep_ratio`` of each layer's weights.
 
     Returns ``(masks, history)``; ``masks`` maps layer names to bool tensors (apply with
-    :func:`unleash_ood.masking.apply_masks`). The model's weights and buffers are untouched.
+    :func:`unleash_ood.masking.apply_masks`). The model's weights and buffers are untouched. Each epoch's
+    record holds ``ce_below_zeta``: the fraction of steps whose masked CE was below ζ (flooding ascends).
     """
     check_keep_ratio(keep_ratio)
     zeta = check_zeta(zeta)
     learned = learn_mask(model, batches, flooding_step(zeta), keep_ratio, cfg, init, seed,
-                         MaskHooks(on_epoch_end=on_epoch_end, desc="UMAP"))
+                         MaskHooks(on_epoch_end=on_epoch_end, desc="UMAP"), flood_level=zeta)
     return learned.masks, learned.history

@@ -10,6 +10,7 @@ from torch import nn
 from ..errors import UserError
 from .cnn import SmallCNN
 from .densenet import densenet100
+from .timm_models import timm_model
 from .tv import torchvision_model
 from .wrn import wrn40_2, wrn40_4
 
@@ -22,16 +23,20 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Build a registered model, or any torchvision classifier as ``torchvision:NAME``.
+    """Build a registered model, any torchvision classifier as ``torchvision:NAME`` or any timm classifier
+    as ``timm:NAME`` (the optional ``timm`` extra).
 
     ``kwargs`` the constructor does not take (from a config or a checkpoint's metadata) are a
     :class:`UserError` naming them and the accepted ones."""
     if name.startswith("torchvision:"):
         check_model_kwargs(name, torchvision_model, kwargs, fixed={"name", "num_classes"})
         return torchvision_model(name.split(":", 1)[1], num_classes=num_classes, **kwargs)
+    if name.startswith("timm:"):
+        check_model_kwargs(name, timm_model, kwargs, fixed={"name", "num_classes"})
+        return timm_model(name.split(":", 1)[1], num_classes=num_classes, **kwargs)
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))} "
-                        "or torchvision:NAME")
+                        "or torchvision:NAME or timm:NAME")
     check_model_kwargs(name, MODELS[name], kwargs, fixed={"num_classes"})
     return MODELS[name](num_classes=num_classes, **kwargs)
 

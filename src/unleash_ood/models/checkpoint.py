@@ -41,22 +41,73 @@ def save_model(path: str | Path, model: nn.Module, meta: dict) -> Path:
 
 
 def load_into(path: str | Path, model: nn.Module, expect: dict | None = None) -> dict:
-    """Load a checkpoint into ``model`` strictly; ``expect`` entries must match the file's metadata."""
+    """Load a checkpoint into ``model`` strictly (:func:`fit_state_dict`); ``expect`` entries must match the
+    file's metadata. Nothing is loaded unless every key and shape fits."""
     state, meta = load_tensors(path)
     for key, value in (expect or {}).items():
         if key in meta and meta[key] != value:
             raise UserError(f"checkpoint {path} has {key}={meta[key]!r}, expected {value!r}")
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        detail = "; ".join(s for s in (
-            f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
-            f"shape mismatch in {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]}" if wrong else "",
-        ) if s)
-        raise UserError(f"checkpoint {path} does not fit this model ({detail})")
-    model.load_state_dict(state)
+    model.load_state_dict(fit_state_dict(state, model, f"checkpoint {path}", classes_from="the model has"))
     return meta
+
+
+# DataParallel / DDP, Lightning-style ``self.model`` wrappers, torch.compile
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+def align_keys(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with its wrapper prefixes (:data:`WRAPPER_PREFIXES`, stacked ones too) stripped and/or the
+    model's own outer prefix added (``net.`` of the torchvision/timm adapters, whose users save the bare
+    network), whichever makes its keys fit ``own``'s best; unchanged when nothing fits better."""
+    own_keys = set(own)
+    firsts = {k.split(".", 1)[0] for k in own_keys}
+    outer = f"{next(iter(firsts))}." if len(firsts) == 1 and all("." in k for k in own_keys) else ""
+    candidates, s = [], dict(state)
+    while True:
+        candidates += [s, {outer + k: v for k, v in s.items()}] if outer else [s]
+        prefix = next((p for p in WRAPPER_PREFIXES if s and all(k.startswith(p) for k in s)), None)
+        if prefix is None:
+            break
+        s = {k[len(prefix):]: v for k, v in s.items()}
+    return max(candidates, key=lambda c: len(own_keys & c.keys()) - len(c.keys() - own_keys))  # first best wins
+
+
+def classifier_key(model: nn.Module) -> str | None:
+    """The state_dict key of the classifier's weight: the last ``nn.Linear`` in module order."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return f"{names[-1]}.weight" if names else None
+
+
+def fit_state_dict(state: dict[str, torch.Tensor], model: nn.Module, what: str, classes_from: str = "the dataset has",
+                   hint: str = "; check model.arch and model.kwargs") -> dict[str, torch.Tensor]:
+    """``state`` made to fit ``model`` exactly, or one :class:`UserError` line saying why not.
+
+    Wrapper prefixes are aligned (:func:`align_keys`); BatchNorm ``num_batches_tracked`` counters missing
+    from old (PyTorch < 0.4.1) files are filled with 0; floating tensors take the model's dtype. A
+    classifier with another class count than the model's is named first (``classes_from``: whose count
+    that is), then the missing, unexpected and wrongly shaped keys (a count and the first three each)."""
+    own = model.state_dict()
+    state = align_keys(state, own)
+    for k in own:
+        if k.endswith(".num_batches_tracked") and k not in state:
+            state[k] = torch.zeros_like(own[k])
+    head = classifier_key(model)
+    if head in own and head in state and state[head].dim() == 2 and state[head].shape[0] != own[head].shape[0]:
+        raise UserError(f"{what} has {state[head].shape[0]} classes (its classifier {head} has "
+                        f"{state[head].shape[0]} outputs), but {classes_from} {own[head].shape[0]}")
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if k in state
+             and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing, e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}")
+        if wrong:
+            parts.append(f"{len(wrong)} with a shape mismatch (file, model), e.g. {wrong[:3]}")
+        raise UserError(f"{what} does not fit this model: " + "; ".join(parts) + hint)
+    return {k: state[k].to(own[k].dtype) if own[k].is_floating_point() else state[k] for k in own}
 
 
 def save_masks(path: str | Path, masks: dict[str, torch.Tensor], meta: dict | None = None) -> Path:

@@ -1,5 +1,7 @@
 """A model from its config or its checkpoint: the architecture a checkpoint's metadata names (or the
-config's), built by name and loaded strictly; ``pytorch-ood:NAME`` resolved (cached, SHA-256 checked) first."""
+config's), built by name and loaded strictly; ``pytorch-ood:NAME`` resolved (cached, SHA-256 checked) first.
+A checkpoint is our safetensors file, a safetensors file without our metadata, or a ``.pt``/``.pth``
+state_dict (read with ``torch.load(weights_only=True)``)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from ..config import ModelConfig
 from ..data import IDData
 from ..errors import UserError
 from . import build_model
-from .checkpoint import load_into, load_tensors
-from .pretrained import resolve_checkpoint
+from .checkpoint import fit_state_dict, load_tensors
+from .pretrained import read_state_dict, resolve_checkpoint
+
+TORCH_SUFFIXES = (".pt", ".pth")
 
 
 def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
@@ -26,13 +30,32 @@ def model_meta(model_cfg: ModelConfig, data: IDData, kind: str) -> dict:
             "dataset": data.name, "kind": kind}
 
 
+def with_data_channels(cfg: ModelConfig, channels: int) -> ModelConfig:
+    """``timm:NAME`` without ``in_channels`` in its kwargs: the data's channel count (timm's ``in_chans``)."""
+    if cfg.arch.startswith("timm:") and "in_channels" not in cfg.kwargs:
+        return ModelConfig(arch=cfg.arch, kwargs={**cfg.kwargs, "in_channels": channels})
+    return cfg
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A checkpoint's tensors and metadata: a ``.pt``/``.pth`` state_dict (no metadata), else safetensors."""
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        if not path.is_file():
+            raise UserError(f"file not found: {path}")
+        return read_state_dict(path), {}
+    return load_tensors(path)
+
+
 def load_checkpoint(path: str | Path, num_classes: int | None = None,
                     fallback: ModelConfig | None = None) -> tuple[nn.Module, ModelConfig]:
-    """Build the model a checkpoint's metadata names (``fallback`` for a bare state_dict) and load it strictly.
+    """Build the model a checkpoint's metadata names (``fallback``, i.e. ``model.arch``, for a file without
+    it) and load it strictly (:func:`~unleash_ood.models.checkpoint.fit_state_dict`: wrapper prefixes such
+    as ``module.`` aligned, a class count other than ``num_classes`` and any missing, unexpected or
+    misshapen key one error line).
 
     ``path`` may also be ``pytorch-ood:NAME``: resolved (cached, SHA-256 checked, converted) first."""
     path = resolve_checkpoint(path)
-    _, meta = load_tensors(path)
+    state, meta = read_weights(path)
     if "arch" in meta:
         model_cfg = ModelConfig(arch=meta["arch"], kwargs=meta.get("model_kwargs", {}))
     elif fallback is not None:
@@ -41,6 +64,9 @@ def load_checkpoint(path: str | Path, num_classes: int | None = None,
         raise UserError(f"checkpoint {path} has no architecture metadata; say which model it is (model.arch=...)")
     if num_classes and meta.get("num_classes") not in (None, num_classes):
         raise UserError(f"checkpoint {path} has {meta['num_classes']} classes, the dataset has {num_classes}")
-    model = build(model_cfg, num_classes or meta.get("num_classes"))
-    load_into(path, model)
+    classes = num_classes or meta.get("num_classes")
+    if not classes:
+        raise UserError(f"checkpoint {path} does not say its number of classes; load it for a dataset")
+    model = build(model_cfg, classes)
+    model.load_state_dict(fit_state_dict(state, model, f"checkpoint {path}"))
     return model, model_cfg

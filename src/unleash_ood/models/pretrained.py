@@ -26,7 +26,7 @@ import torch
 
 from ..errors import UserError
 from . import build_model
-from .checkpoint import load_tensors, save_model
+from .checkpoint import fit_state_dict, load_tensors, save_model
 
 PREFIX = "pytorch-ood:"
 
@@ -232,7 +232,7 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return state
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)``; unwraps ``{"state_dict": …}``-style containers."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -248,37 +248,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def fit_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, what: str) -> dict[str, torch.Tensor]:
-    """Check every key and shape against ``model``; a clear UserError otherwise. BatchNorm
-    ``num_batches_tracked`` counters missing from old (PyTorch < 0.4.1) files are filled with 0."""
-    own = model.state_dict()
-    state = dict(state)
-    for k in own:
-        if k.endswith(".num_batches_tracked") and k not in state:
-            state[k] = torch.zeros_like(own[k])
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if k in state
-             and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing, e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}")
-        if wrong:
-            parts.append(f"{len(wrong)} with wrong shape (file, model), e.g. {wrong[:3]}")
-        raise UserError(f"{what} does not fit this architecture: " + "; ".join(parts)
-                        + " — check --arch / --num-classes (and model kwargs such as widen_factor)")
-    return {k: state[k].to(own[k].dtype) if own[k].is_floating_point() else state[k] for k in own}
-
-
 def _convert(state: dict[str, torch.Tensor], arch: str, num_classes: int, model_kwargs: dict, out: Path,
              what: str, extra_meta: dict) -> Path:
     try:
         model = build_model(arch, num_classes=num_classes, **model_kwargs)
     except TypeError as e:
         raise UserError(f"cannot build {arch} with {model_kwargs}: {e}") from None
-    model.load_state_dict(fit_state_dict(state, model, what))
+    model.load_state_dict(fit_state_dict(state, model, what, classes_from="--num-classes is",
+                                         hint=" — check --arch / --num-classes (and model kwargs such as widen_factor)"))
     meta = {"arch": arch, "num_classes": num_classes, "model_kwargs": model_kwargs, "kind": "base", **extra_meta}
     return save_model(out, model, meta)
 
@@ -294,7 +271,7 @@ def import_state_dict(path: str | Path, arch: str, num_classes: int, model_kwarg
     out = Path(out) if out else path.with_suffix(".safetensors")
     if out.resolve() == path.resolve():
         raise UserError(f"--out {out} would overwrite the source file")
-    state = _strip(_read_state_dict(path), strip_prefix)
+    state = _strip(read_state_dict(path), strip_prefix)
     if arch.startswith("wrn"):
         state = pytorch_ood_to_wrn(state)
     return _convert(state, arch, num_classes, dict(model_kwargs or {}), out, str(path),
@@ -353,7 +330,7 @@ def resolve_init(spec: str, cache_dir: str | Path | None = None, download: bool 
     else:
         raise UserError(f"pytorch-ood:{entry.key} is not cached and downloading is off; download {entry.url} "
                         f"by hand and put it at {raw} (SHA-256 {entry.sha256})")
-    state = _strip(_read_state_dict(found), "module.")
+    state = _strip(read_state_dict(found), "module.")
     kwargs = {"mean": list(entry.mean), "std": list(entry.std)}
     return _convert(pytorch_ood_to_wrn(state), "wrn40_2", entry.num_classes, kwargs, converted,
                     f"pytorch-ood:{entry.key} ({found})",

@@ -74,6 +74,22 @@ def _adapt_in_channels(net: nn.Module, in_channels: int) -> None:
     raise UserError(f"{type(net).__name__} has no nn.Conv2d whose input channels could be changed")
 
 
+def input_stats(in_channels: int, mean: tuple[float, ...] | None,
+                std: tuple[float, ...] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The in-model normalization: ``mean``/``std`` as given (one value or one per channel), by default the
+    CIFAR-10 statistics for 3 channels and 0.5 per channel otherwise."""
+    if in_channels < 1:
+        raise UserError(f"in_channels must be positive, got {in_channels}")
+    if mean is None:
+        mean = CIFAR10_MEAN if in_channels == 3 else (0.5,) * in_channels
+    if std is None:
+        std = CIFAR10_STD if in_channels == 3 else (0.5,) * in_channels
+    for label, stats in (("mean", mean), ("std", std)):
+        if len(stats) not in (1, in_channels):
+            raise UserError(f"{label} has {len(stats)} values but the model takes {in_channels} input channels")
+    return tuple(mean), tuple(std)
+
+
 def torchvision_model(name: str, num_classes: int, small_input: bool = False, in_channels: int = 3,
                       mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> nn.Module:
     """Build torchvision classification model ``name`` from scratch (never downloads weights).
@@ -84,16 +100,7 @@ def torchvision_model(name: str, num_classes: int, small_input: bool = False, in
     valid = torchvision.models.list_models(module=torchvision.models)
     if name not in valid:
         raise UserError(f"unknown torchvision classification model {name!r}; {_LIST_HINT}")
-    if in_channels < 1:
-        raise UserError(f"in_channels must be positive, got {in_channels}")
-    if mean is None:
-        mean = CIFAR10_MEAN if in_channels == 3 else (0.5,) * in_channels
-    if std is None:
-        std = CIFAR10_STD if in_channels == 3 else (0.5,) * in_channels
-    for label, stats in (("mean", mean), ("std", std)):
-        if len(stats) not in (1, in_channels):
-            raise UserError(f"{label} has {len(stats)} values but the model takes {in_channels} input channels")
-
+    mean, std = input_stats(in_channels, mean, std)
     net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if small_input:
         _adapt_small_input(net, name, in_channels)
@@ -104,4 +111,4 @@ def torchvision_model(name: str, num_classes: int, small_input: bool = False, in
     if head.out_features != num_classes:
         raise UserError(f"{name!r}: the last nn.Linear is not the {num_classes}-way classifier; "
                         "this model is not supported")
-    return TorchvisionClassifier(net, tuple(mean), tuple(std))
+    return TorchvisionClassifier(net, mean, std)

@@ -25,31 +25,32 @@ def _save(fig, path: str | Path) -> Path:
 
 
 GROUP_STYLE = {"near": {"color": "darkred", "ls": "--"}, "far": {"color": "navy", "ls": "--"},
-               "mean": {"color": "black", "ls": "-"}}
+               "synthetic": {"color": "darkgreen", "ls": ":"}, "mean": {"color": "black", "ls": "-"}}
+GROUP_CMAP = {"near": "Reds", "far": "Blues", "synthetic": "Greens"}  # one set's thin curve, by its group
 
 
 def plot_training_curve(log: Sequence[dict], path: str | Path, scores: Sequence[str] = ("Energy", "MSP"),
                         metric: str = "fpr95", groups: Mapping[str, str] | None = None) -> Path:
-    """One panel per score: ``metric`` per OOD set (thin) along training epochs, the near and far group
-    means (when ``groups`` puts sets in both; a set it leaves out is far) and the mean over all sets
-    (thick), plus ID accuracy."""
+    """One panel per score: ``metric`` per OOD set (thin) along training epochs, the near, far and
+    synthetic group means (when ``groups`` puts sets in two groups or more; a set it leaves out is far)
+    and the mean over the near and far sets (thick), plus ID accuracy."""
     epochs = [r["epoch"] for r in log]
     sets = list(log[0]["ood"])
     group_of = set_groups(sets, groups)  # checked before a figure exists
-    two_groups = len(set(group_of.values())) == 2
+    several_groups = len(set(group_of.values())) >= 2
     fig, axes = plt.subplots(1, len(scores) + 1, figsize=(5 * (len(scores) + 1), 4))
     for ax, score in zip(axes, scores):
-        for ds in sets:  # with near and far sets: reds for near, blues for far
+        for ds in sets:  # with two groups or more: reds for near, blues for far, greens for synthetic
             same = [d for d in sets if group_of[d] == group_of[ds]]
             shade = 0.45 + 0.4 * same.index(ds) / max(1, len(same) - 1)
-            color = plt.get_cmap("Reds" if group_of[ds] == "near" else "Blues")(shade) if two_groups else None
+            color = plt.get_cmap(GROUP_CMAP[group_of[ds]])(shade) if several_groups else None
             ax.plot(epochs, [r["ood"][ds][score][metric] for r in log], marker=".", lw=0.8, color=color,
-                    label=f"{ds} ({group_of[ds]})" if two_groups else ds)
+                    label=f"{ds} ({group_of[ds]})" if several_groups else ds)
         curves = {}
         for r in log:
             for agg, m in group_means({ds: r["ood"][ds][score] for ds in sets}, group_of).items():
                 curves.setdefault(agg, []).append(m[metric])
-        if not two_groups:  # one group only: its mean is the overall mean
+        if not several_groups:  # one group only: its mean is the overall mean
             curves = {"mean": curves["mean"]}
         for agg, values in curves.items():
             ax.plot(epochs, values, lw=2.5 if agg == "mean" else 2, label=f"{agg} mean" if agg != "mean" else "mean",

@@ -7,8 +7,8 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
-from ..config import MODEL_ORDER
-from ..metrics import AGGREGATES
+from ..config import GROUPS, MODEL_ORDER
+from ..metrics import AGGREGATES, mean_sets
 
 METRIC_KEYS = ("fpr95", "fpr95_ood_positive", "auroc", "aupr_in", "aupr_out", "id_acc")
 
@@ -25,7 +25,8 @@ CONVENTION = ("ID is the positive class except where a column says OOD+. FPR95 =
               "the threshold that accepts 95% of ID test samples (the paper's; `fpr95`). FPR95 (OOD+) = % of ID "
               "test samples flagged as OOD at the threshold that catches 95% of OOD samples (OpenOOD v1.5's and "
               "pytorch-ood's; `fpr95_ood_positive`). Both lower is better; AUROC and AUPR (= AUPR-In) higher is "
-              "better; ×100. near / far: unweighted mean over the group's OOD sets; mean: over all sets.")
+              "better; ×100. near / far / synthetic: unweighted mean over the group's OOD sets; mean: over the near "
+              "and far sets (the synthetic noise sets are sanity checks, reported apart, as in OpenOOD v1.5).")
 
 
 def records_csv(records: Sequence[dict]) -> str:
@@ -85,9 +86,10 @@ def sort_records(records: Sequence[dict]) -> list[dict]:
 
 
 def ood_sets(records: Sequence[dict]) -> list[tuple[str, str]]:
-    """The per-set ``(name, group)`` pairs, near sets first (old records without a group: far)."""
+    """The per-set ``(name, group)`` pairs, near sets first, then far, then synthetic (old records
+    without a group: far)."""
     sets = _ordered((r["ood"], r.get("group") or "far") for r in records if r["ood"] not in AGGREGATES)
-    return sorted(sets, key=lambda s: s[1] != "near")
+    return sorted(sets, key=lambda s: GROUPS.index(s[1]) if s[1] in GROUPS else len(GROUPS))
 
 
 def _rows(records: Sequence[dict]) -> tuple[list[tuple[str, str]], dict[tuple[str, str, str], dict]]:
@@ -110,9 +112,10 @@ def _extra(records: Sequence[dict]) -> tuple[list[str], list]:
 
 
 def group_table(records: Sequence[dict]) -> str:
-    """OpenOOD v1.5's shape: one row per score (+ method); AUROC and FPR95 of near and far side by side."""
+    """OpenOOD v1.5's shape: one row per score (+ method); AUROC and FPR95 of near, far and synthetic
+    (each when present) side by side."""
     keys, by = _rows(records)
-    groups = [g for g in ("near", "far") if any(r["ood"] == g for r in records)]
+    groups = [g for g in GROUPS if any(r["ood"] == g for r in records)]
     extra_h, extra = _extra(records)
     rows = []
     for m, s in keys:
@@ -137,7 +140,8 @@ def mean_table(records: Sequence[dict]) -> str:
 
 
 def per_set_table(records: Sequence[dict], metric: str = "fpr95") -> str:
-    """One row per (score, method), one column per OOD set (Table 2's shape), then near, far and mean."""
+    """One row per (score, method), one column per OOD set (Table 2's shape), then near, far, synthetic
+    and mean."""
     keys, by = _rows(records)
     sets = ood_sets(records)
     aggs = [a for a in AGGREGATES if any(r["ood"] == a for r in records)]
@@ -150,16 +154,24 @@ PER_SET_METRICS = (("fpr95", "FPR95 ↓"), ("fpr95_ood_positive", "FPR95 (OOD+) 
 
 
 def markdown_sections(records: Sequence[dict], level: int = 2) -> list[str]:
-    """The tables as Markdown sections: near vs far, the mean over all sets, then per OOD set."""
+    """The tables as Markdown sections: near vs far (and synthetic), the mean over the near and far
+    sets, then per OOD set."""
     h = "#" * level
     sets = ood_sets(records)
-    members = "; ".join(f"{g}: " + ", ".join(n for n, gg in sets if gg == g) for g in ("near", "far")
+    members = "; ".join(f"{g}: " + ", ".join(n for n, gg in sets if gg == g) for g in GROUPS
                         if any(gg == g for _, gg in sets))
     parts = [f"{h} Near and far OOD", "", f"Groups ({members}).", "", group_table(records), "",
-             f"{h} Mean over {len(sets)} OOD sets", "", mean_table(records), ""]
+             f"{h} Mean over {mean_count(sets)}", "", mean_table(records), ""]
     for metric, name in PER_SET_METRICS:
         parts += [f"{h} {name} per OOD set", "", per_set_table(records, metric), ""]
     return parts
+
+
+def mean_count(sets: Sequence[tuple[str, str]]) -> str:
+    """``5 OOD sets (near and far)``: how many of the ``(name, group)`` sets the ``mean`` rows average
+    over (:func:`unleash_ood.metrics.mean_sets`)."""
+    averaged = mean_sets(dict(sets))
+    return f"{len(averaged)} OOD sets" + (" (near and far)" if len(averaged) < len(sets) else "")
 
 
 def markdown_report(records: Sequence[dict], title: str = "OOD detection results", notes: str = "") -> str:

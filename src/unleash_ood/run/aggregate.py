@@ -5,7 +5,7 @@ A RUN_DIR is a run (holding ``results.json``) or a folder of runs (``*/results.j
 ``run``, ``seed<s>/`` from ``demo --seeds``); a run's ``outliers/`` sub-run (OE / Energy / POEM
 fine-tuning) is included, without the records its parent already holds (its copy of the base model). Runs are grouped by setting (ID dataset ×
 architecture, from each run's ``config.json``); within a setting, records are matched on (model, score,
-OOD set), the per-set and the near / far / mean aggregate records alike.
+OOD set), the per-set and the near / far / synthetic / mean aggregate records alike.
 
 An aggregate record has the keys of a run's record (``model``, ``score``, ``ood``, ``group``, every
 metric — now the mean over seeds), plus ``<metric>_std`` for every metric (the sample standard deviation,
@@ -71,7 +71,7 @@ def aggregate(run_dirs: Sequence[str | Path]) -> list[dict]:
         groups = {_group(r) for r in rs}
         if len(groups) > 1:
             raise UserError(f"OOD set {ood!r} is in different groups across runs ({', '.join(sorted(groups))}); "
-                            "aggregate runs with the same near/far groups")
+                            "aggregate runs with the same OOD groups (near / far / synthetic)")
         rec = {"setting": setting, "model": model, "score": score, "ood": ood, "group": groups.pop(),
                **({"aux": rs[0]["aux"]} if "aux" in rs[0] else {})}
         stds = {}

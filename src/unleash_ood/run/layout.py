@@ -4,6 +4,7 @@ Every command asks :class:`RunLayout` for its paths; nothing else spells a run's
 
     RUN/config.json  summary.json  zeta.json  finetune_log.json  train_log.jsonl  keep_selection.json
     RUN/results.json|csv|md  scores.npz  features.npz  plots/*.png
+    RUN/validation.json|csv|md  tuning.json|csv|md  recommendation.json|csv|md   (chosen on validation only)
     RUN/checkpoints/{base,um,ce_finetune,…}.safetensors  {umap,…}_mask.safetensors  last_state.pt
     RUN/outliers/   (a run of its own: OE / Energy / POEM fine-tuned from RUN's base)
     RUN/eval/       (``eval --run RUN``)        RUN/seed<N>/   (one run per seed; RUN/results.* = mean ± std)
@@ -70,6 +71,18 @@ class RunLayout:
 
     def result_files(self, stem: str = "results") -> tuple[Path, ...]:
         return tuple(self.results(s, stem) for s in RESULT_SUFFIXES)
+
+    def validation(self, suffix: str = ".json") -> Path:
+        """``validation.json|csv|md``: every (model, detector, params) on the validation OOD proxies."""
+        return self.results(suffix, "validation")
+
+    def tuning(self, suffix: str = ".json") -> Path:
+        """``tuning.json|csv|md``: the hyperparameters ``scores.tune`` chose per model, with every grid value."""
+        return self.results(suffix, "tuning")
+
+    def recommendation(self, suffix: str = ".json") -> Path:
+        """``recommendation.json|csv|md``: the one (model, detector, params) ``recommend`` picked."""
+        return self.results(suffix, "recommendation")
 
     def checkpoint(self, name: str) -> Path:
         """A model's weights (``base``, ``um``, ``ce_finetune``, ``oe``, …) or any other tensors file."""

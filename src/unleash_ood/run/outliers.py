@@ -212,11 +212,14 @@ def run_outliers(cfg: DemoConfig, out_dir: str | Path, base_checkpoint: str | Pa
     return run_outlier_methods(_scored(cfg), out_dir, base_checkpoint).records
 
 
-def demo_with_outliers(cfg: DemoConfig, out_dir: str | Path) -> list[dict]:
-    """The demo, then the outlier family from its base into ``OUT/outliers``; one merged table in ``OUT``."""
+def demo_with_outliers(cfg: DemoConfig, out_dir: str | Path, checkpoint: str | Path | None = None,
+                       force: bool = False) -> list[dict]:
+    """The demo (on ``checkpoint`` instead of base training, if given; a ζ toward chance stops it unless
+    ``force``), then the outlier family from its base into ``OUT/outliers``; one merged table in ``OUT``."""
     out = Path(out_dir)
     run = RunLayout(out)
-    demo = run_stages(cfg, out, demo_stages(cfg))
+    demo = run_stages(cfg, out, demo_stages(cfg, train=checkpoint is None), init_checkpoint=checkpoint,
+                      guard=not force)
     extra = run_outlier_methods(_scored(cfg), run.outliers.root, run.checkpoint("base"))
     merged = [{**r, "aux": False} for r in demo.records] + [r for r in extra.records if r["model"] != "base"]
     scores = {**demo.scores, **{k: v for k, v in extra.scores.items() if not k.startswith("base/")}}

@@ -15,10 +15,12 @@ import numpy as np
 from torch import nn
 
 from ..config import DemoConfig
+from ..data.fingerprint import proxy_records
 from ..data.prepared import Prepared, prepare_data
 from ..errors import UserError
 from ..eval.evaluate import configured_detectors
-from ..eval.models import evaluate_models, validation_metrics
+from ..eval.models import evaluate_models
+from ..eval.tuning import validate_models
 from ..models.checkpoint import load_masks, save_masks, save_model
 from ..models.loading import load_checkpoint, model_meta
 from ..report.plots import plot_training_curve
@@ -27,7 +29,9 @@ from ..utils.files import write_json
 from ..utils.log import say
 from .layout import RunLayout
 from .results import write_outputs
-from .stages import BaseTraining, best_epochs, resolve_zeta, run_um, run_umap, start_run, train_base, zeta_line
+from .stages import (BaseTraining, best_epochs, check_levels, resolve_zeta, run_um, run_umap, start_run, train_base,
+                     zeta_line)
+from .validation import prepare_validation, tuned_rows, write_tuning, write_validation
 
 STAGES = ("train", "um", "control", "umap")
 
@@ -44,18 +48,20 @@ class RunOutput:
 
 
 def run_pipeline(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = STAGES,
-                 init_checkpoint: str | Path | None = None, resume: bool = False) -> list[dict]:
+                 init_checkpoint: str | Path | None = None, resume: bool = False, guard: bool = False) -> list[dict]:
     """Run ``stages`` (train → ζ → UM, CE control → UMAP), then evaluate every model and write the results.
 
     Without ``train``, the base model comes from ``init_checkpoint`` (copied into the run directory, so
-    ``eval --run`` works on any run). Returns the metric records (:func:`run_stages`: everything).
+    ``eval --run`` works on any run). ``guard``: refuse a ζ that would push the model toward chance
+    (:func:`~unleash_ood.run.stages.check_levels`; the CLI's default, off with ``--force``); the model's
+    training CE, ζ and ln C are recorded either way. Returns the metric records (:func:`run_stages`: everything).
     """
-    return run_stages(cfg, out_dir, stages, init_checkpoint, resume).records
+    return run_stages(cfg, out_dir, stages, init_checkpoint, resume, guard=guard).records
 
 
 def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = STAGES,
                init_checkpoint: str | Path | None = None, resume: bool = False,
-               extra_summary: dict | None = None) -> RunOutput:
+               extra_summary: dict | None = None, guard: bool = False) -> RunOutput:
     """:func:`run_pipeline`, returning the :class:`RunOutput`; ``extra_summary`` joins summary.json."""
     unknown = set(stages) - set(STAGES)
     if unknown or not stages:
@@ -65,11 +71,18 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     cfg, prep, model, out = start_run(cfg, out_dir, init_checkpoint)
+    val_sets = prepare_validation(cfg, prep, model)  # a tuning grid that cannot fit fails before anything is written
     meta = model_meta(cfg.model, prep.id, "base")
     run = RunLayout(out)
     write_json(run.config, cfg.model_dump())
     timings["data"] = time.perf_counter() - t0
-    summary: dict = {"stages": list(stages), "init_checkpoint": str(init_checkpoint) if init_checkpoint else None}
+    summary: dict = {"stages": list(stages), "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+                     "base_training": {"skipped": "train" not in stages,
+                                       "checkpoint": None if "train" in stages else str(init_checkpoint)}}
+    if prep.id.preprocessing is not None:  # own data: the input, and what was done to reach it
+        summary["input"] = prep.id.preprocessing
+    # what exactly each OOD test set and validation proxy (as the run chooses on it) was: sha256, n, shape, sources
+    summary["sets"] = {**prep.sets, **(proxy_records(val_sets.sets.ood, val_sets.described) if val_sets else {})}
 
     if "train" in stages:
         say(f"training {cfg.model.arch} on {len(prep.id.train[0])} images for {cfg.base.epochs} epochs")
@@ -78,9 +91,7 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
         timings["train"] = log.train_s  # every session's training, a resumed run's included
         plot_training_curve(log, run.plots / "fpr95_along_training.png", scores=cfg.track_scores[:2],
                             groups=prep.groups)
-        summary["best_epochs"] = best_epochs(log, cfg.track_scores)
-    else:
-        save_model(run.checkpoint("base"), model, meta)
+        summary["best_epochs"] = best_epochs(log, cfg.track_scores, prep.groups)
 
     models: dict[str, tuple[nn.Module, dict | None]] = {"base": (model, None)}
     histories: dict[str, list[dict]] = {}
@@ -88,9 +99,15 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
         t = time.perf_counter()
         zeta = resolve_zeta(model, prep, cfg.um, cfg.seed)
         say(zeta_line(zeta))
+        levels = {"um": zeta.value, "umap": cfg.umap.zeta if cfg.umap.zeta is not None else zeta.value}
+        kept = f"; the trained base model is kept in {run.checkpoint('base')}" if "train" in stages else ""
+        summary["zeta_check"] = check_levels(model, prep, {s: z for s, z in levels.items() if s in stages}, cfg,
+                                             refuse=guard, note=kept)
         write_json(run.zeta, zeta.as_dict())
         summary["zeta"] = zeta.as_dict()
         timings["zeta"] = time.perf_counter() - t
+    if "train" not in stages:  # the given model, copied once it passed the checks (a refusal leaves no run)
+        save_model(run.checkpoint("base"), model, meta)
     for name, stage_zeta in (("um", "um"), ("ce_finetune", "control")):
         if stage_zeta in stages:
             t = time.perf_counter()
@@ -111,11 +128,17 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
     if histories:
         write_json(run.finetune_log, histories)
 
+    val = None
+    if val_sets is not None:  # every detector (and with scores.tune each grid) on validation OOD only
+        val = validate_models(models, prep, val_sets.sets, cfg.scores)
+        write_validation(run, val, val_sets)
+        write_tuning(run, val, val_sets)
+        summary["validation"] = val.legacy
+        timings.update(validate=val.seconds["validate"], **({"tune": val.seconds["tune"]} if cfg.scores.tune else {}))
     t = time.perf_counter()
-    ev = evaluate_models(models, prep, configured_detectors(cfg.scores),
-                         features_path=run.features if cfg.save_features else None)
-    if len(prep.id.val[0]):
-        summary["validation"] = validation_metrics(models, prep)
+    detectors = configured_detectors(cfg.scores)
+    ev = evaluate_models(models, prep, detectors, features_path=run.features if cfg.save_features else None,
+                         per_model={name: val.with_tuned(name, detectors) for name in models} if val else None)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     summary.update(umap_masked_id_acc=ev.masked_acc.get("umap"), timings_s=timings)
@@ -125,14 +148,17 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
     return RunOutput(ev.records, ev.flat(), notes, {**summary, **(extra_summary or {})})
 
 
-def demo_stages(cfg: DemoConfig) -> tuple[str, ...]:
-    """The demo's stages: all of them (the CE control only with ``control``)."""
-    return STAGES if cfg.control else ("train", "um", "umap")
+def demo_stages(cfg: DemoConfig, train: bool = True) -> tuple[str, ...]:
+    """The demo's stages: all of them (the CE control only with ``control``; base training only with ``train``)."""
+    return tuple(s for s in STAGES if (s != "control" or cfg.control) and (s != "train" or train))
 
 
-def run_demo(cfg: DemoConfig, out_dir: str | Path, resume: bool = False) -> list[dict]:
-    """The main job: every stage on the embedded default."""
-    return run_pipeline(cfg, out_dir, demo_stages(cfg), resume=resume)
+def run_demo(cfg: DemoConfig, out_dir: str | Path, resume: bool = False, checkpoint: str | Path | None = None,
+             force: bool = False) -> list[dict]:
+    """The main job: every stage on the embedded default; with ``checkpoint``, on that model instead of
+    base training. A ζ that would push the model toward chance stops it unless ``force``."""
+    return run_pipeline(cfg, out_dir, demo_stages(cfg, train=checkpoint is None), init_checkpoint=checkpoint,
+                        resume=resume, guard=not force)
 
 
 def run_notes(cfg: DemoConfig, prep: Prepared, summary: dict) -> str:
@@ -142,6 +168,10 @@ def run_notes(cfg: DemoConfig, prep: Prepared, summary: dict) -> str:
              f"{len(prep.id.test[0])} test images; model {cfg.model.arch} {cfg.model.kwargs}"]
     if summary.get("init_checkpoint"):
         lines.append(f"- base model from {summary['init_checkpoint']}")
+    if "zeta_check" in summary:
+        c = summary["zeta_check"]
+        lines.append(f"- base model's training CE {c['train_ce']:.4f} vs ln C = {c['ln_classes']:.3f}; UM refuses "
+                     f"ζ ≥ {c['limit']:.3f}" + ("" if c["passed"] else " (ζ is above it; the guard was off: --force)"))
     if "zeta" in summary:
         z = summary["zeta"]
         lines.append(f"- UM: keep ratio {cfg.um.keep_ratio}, ζ = {z['value']:.4f} ({z['estimator']} of "
@@ -153,6 +183,9 @@ def run_notes(cfg: DemoConfig, prep: Prepared, summary: dict) -> str:
                      f"accuracy with the mask: {summary['umap_masked_id_acc']:.2f}")
     if "control" in summary["stages"]:
         lines.append("- CE-FT (control): the UM schedule with plain cross-entropy (ζ = 0).")
+    if cfg.scores.tune:
+        lines.append("- `NAME (tuned)` rows: that detector with its hyperparameter chosen per model on the validation "
+                     "OOD proxies only (the choices and every grid value: tuning.md).")
     lines.append("")
     for s, b in summary.get("best_epochs", {}).items():
         lines.append(f"- {s}: mean FPR95 {b['final_test_fpr95']:.2f} at the final epoch {b['final_epoch']}; "
@@ -183,8 +216,9 @@ def eval_run(run_dir: str | Path, ood_specs: list[str] | None, out_dir: str | Pa
         else:
             models[name] = (base if name == "base" else load_checkpoint(m.weights, prep.id.num_classes, cfg.model)[0],
                             None)
-    ev = evaluate_models(models, prep, configured_detectors(cfg.scores),
-                         features_path=RunLayout(out).features if save_features else None)
+    detectors = configured_detectors(cfg.scores)
+    ev = evaluate_models(models, prep, detectors, features_path=RunLayout(out).features if save_features else None,
+                         per_model=tuned_rows(run, detectors))  # scores.tune's choices, as at run time
     if any(name.split("_")[0] in OUTLIER_LABELS for name in models):
         for r in ev.records:
             r["aux"] = r["model"].split("_")[0] in OUTLIER_LABELS

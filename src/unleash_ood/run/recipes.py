@@ -95,7 +95,7 @@ def run_recipe(recipe: str | Path | DemoConfig, seeds: Sequence[int] = (0,), out
         check_aux_source(cfg.outliers.aux, cfg.data.data_root)
     specs = {key: suite.resolve_specs(getattr(cfg.data, key), cfg.data.dataset, cfg.data.data_root,
                                       out.ood_cache, n=cfg.data.ood_size, seed=OOD_SUBSET_SEED)
-             for key in ("near", "far", "ood") if getattr(cfg.data, key)}  # each list keeps its group
+             for key in ("near", "far", "synthetic", "ood") if getattr(cfg.data, key)}  # each list keeps its group
     write_json(out.recipe, {"recipe": str(recipe) if not isinstance(recipe, DemoConfig) else "(config)",
                             "overrides": list(overrides), "seeds": list(seeds), "config": cfg.model_dump()})
     cfg = build_config(cfg, overrides=[{"data": specs}])
@@ -124,7 +124,8 @@ def _run_with_selection(cfg: DemoConfig, out: RunLayout, grid: Sequence[float], 
     prep = prepare_data(cfg.data, ood_specs=["uniform"])  # ID splits + validation OOD; no test OOD set
     prep.ood = {}
     model, _ = load_checkpoint(base_path, prep.id.num_classes, cfg.model)
-    sel = select_keep_ratio(model, prep, cfg.um, validation_ood(cfg.data, prep.val_ood, prep.id.image_shape),
+    sel = select_keep_ratio(model, prep, cfg.um, validation_ood(cfg.data, prep.val_ood, prep.id.image_shape,
+                                                                prep.val_user),
                             SelectionSettings(grid=tuple(grid), epochs=epochs, seed=cfg.seed,
                                               augment=cfg.data.augment),
                             out_path=out.keep_selection)

@@ -36,13 +36,15 @@ class SelectionSettings:
     augment: bool = False
 
 
-def validation_ood(data_cfg: DataConfig, fallback: torch.Tensor, image_shape: tuple[int, int, int]
-                   ) -> dict[str, tuple[str, torch.Tensor]]:
+def validation_ood(data_cfg: DataConfig, fallback: torch.Tensor, image_shape: tuple[int, int, int],
+                   user: dict[str, tuple[str, torch.Tensor]] | None = None) -> dict[str, tuple[str, torch.Tensor]]:
     """The validation OOD sets by group, ``{group: (name, images)}``; never an OOD test set.
 
     far: the pipeline's patch-shuffled ID-validation images (``fallback``). near: for Fashion-MNIST
     (1-channel ID), letters rendered from the fonts held out of ``glyphs`` (:func:`load_glyphs`,
     ``split="val"``); for CIFAR, ``tinyimagenet`` (OpenOOD's near-OOD validation set) when present.
+    ``user``: the user's known outliers by group (``Prepared.val_user``, from ``data.val_near``/``val_far``),
+    added to that group's images.
     """
     sets = {"far": ("patch-shuffled ID validation", fallback)}
     if suite.uses_suite(dataset=data_cfg.dataset):
@@ -53,6 +55,10 @@ def validation_ood(data_cfg: DataConfig, fallback: torch.Tensor, image_shape: tu
     else:
         sets["near"] = ("glyphs (validation fonts)",
                         load_glyphs(data_cfg.val_ood_size, data_cfg.seed, image_shape, split="val"))
+    for group, (name, images) in (user or {}).items():
+        if group in sets:
+            name, images = f"{sets[group][0]} + {name}", torch.cat([sets[group][1], images])
+        sets[group] = (name, images)
     return sets
 
 

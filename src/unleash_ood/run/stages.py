@@ -14,13 +14,16 @@ from torch import nn
 
 from ..config import DemoConfig, ModelConfig, OptimConfig, UMAPConfig, UMConfig, build_config
 from ..data.prepared import Prepared, prepare_data
-from ..errors import WriteError, os_error_reason
+from ..errors import UserError, WriteError, os_error_reason
 from ..eval.models import track
+from ..metrics import mean_sets, set_groups
 from ..methods.train import NonFiniteLossError, ResumeState, train
-from ..methods.um import ZetaEstimate, estimate_zeta, unleash
+from ..methods.um import (CHANCE_FRACTION, ZetaEstimate, chance_ce, estimate_zeta, mean_cross_entropy,
+                          toward_chance, unleash)
 from ..methods.umap import learn_umap_mask
 from ..models.checkpoint import save_model
-from ..models.loading import build, load_checkpoint, model_meta
+from ..models.inputs import with_input_kwargs
+from ..models.loading import build, load_checkpoint, model_meta, with_data_channels
 from ..utils import runtime
 from ..utils.log import say
 from .layout import RunLayout
@@ -34,10 +37,14 @@ def start_run(cfg: DemoConfig, out_dir: str | Path, init_checkpoint: str | Path 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     prep = prepare_data(cfg.data)
+    fitted = with_data_channels(cfg.model, prep.id.image_shape[0])  # timm:NAME: in_chans from the data
+    if fitted != cfg.model:
+        cfg = build_config({**cfg.model_dump(), "model": fitted.model_dump()})
     if init_checkpoint is not None:
         model, model_cfg = load_checkpoint(init_checkpoint, prep.id.num_classes, fallback=cfg.model)
         cfg = build_config({**cfg.model_dump(), "model": model_cfg.model_dump()})  # the checkpoint's model
-    else:
+    else:  # own data: the input's channels and normalization go into model.kwargs (and config.json)
+        cfg = build_config({**cfg.model_dump(), "model": with_input_kwargs(cfg.model, prep.id).model_dump()})
         model = build(cfg.model, prep.id.num_classes)
     rt = runtime.setup(cfg.runtime.device, cfg.runtime.amp, cfg.runtime.compile)
     model = runtime.place(model, rt)  # moved once; batches follow it (to_model_input)
@@ -119,7 +126,8 @@ def train_base(model: nn.Module, prep: Prepared, spec: BaseTraining, out: Path, 
         rec = {**record, **track(model, prep, track_scores), "checkpoint": str(path.relative_to(out))}
         log.append(rec)
         append_jsonl(log_path, rec)
-        mean = {s: np.mean([rec["ood"][d][s]["fpr95"] for d in rec["ood"]]) for s in track_scores}
+        sets = mean_sets(set_groups(rec["ood"], prep.groups))  # near + far: the synthetic sets apart
+        mean = {s: np.mean([rec["ood"][d][s]["fpr95"] for d in sets]) for s in track_scores}
         say(f"epoch {epoch:3d}  train CE {record['train_ce']:.4f}  test acc {rec['id_acc']:.2f}  "
             + "  ".join(f"{s} FPR95 {v:.1f}" for s, v in mean.items()))
 
@@ -147,6 +155,44 @@ def resolve_zeta(model: nn.Module, prep: Prepared, cfg: UMConfig, seed: int) -> 
                          cfg.zeta_estimator)
 
 
+def check_levels(model: nn.Module, prep: Prepared, levels: dict[str, float], cfg: DemoConfig,
+                 refuse: bool = True, note: str = "") -> dict:
+    """UM's guard rail, before any fine-tuning: the model's own training CE (one eval-mode pass over the
+    training split) against the flooding levels ``levels`` (stage → ζ) and ln C.
+
+    UM assumes a model that has memorized its training set (training CE near 0) and floods it up to ζ.
+    A ζ ≥ ½·ln C (:func:`~unleash_ood.methods.um.toward_chance`) would push it toward chance: with
+    ``refuse``, one :class:`UserError` line says why (an undertrained model, or a mask too destructive)
+    and what to change (``note`` appended). Returns the record for summary.json."""
+    train_ce = mean_cross_entropy(model, prep.batches(*prep.id.train), desc="training CE")
+    classes = prep.id.num_classes
+    ln_c, limit = chance_ce(classes), CHANCE_FRACTION * chance_ce(classes)
+    bad = [(stage, z) for stage, z in levels.items() if toward_chance(z, classes)]
+    say(f"training CE {train_ce:.4f}; " + ", ".join(f"{s} zeta {z:.4f}" for s, z in levels.items())
+        + f"; UM refuses zeta >= {limit:.4f} (half of ln {classes})")
+    if bad and refuse:
+        stage, z = bad[0]
+        given = None  # ζ estimated with um.keep_ratio, or set by the user in one of these keys:
+        if stage == "umap" and cfg.umap.zeta is not None:
+            given = "umap.zeta"
+        elif cfg.um.zeta is not None:
+            given = "um.zeta"
+        if train_ce >= limit:
+            why = (f"the model has not memorized its training set (its own training CE is {train_ce:.3f}); "
+                   "train it further first (more base.epochs) or start from a well-trained checkpoint")
+        elif given:
+            why = f"the model's own training CE is {train_ce:.4f}; set a lower {given} (below {limit:.3f})"
+        else:
+            keep = round(1 - (1 - cfg.um.keep_ratio) / 2, 6)
+            why = (f"the model's own training CE is {train_ce:.4f}: the random mask (keep ratio "
+                   f"{cfg.um.keep_ratio:g}) removes too much; use a larger keep ratio (um.keep_ratio={keep:g})")
+        raise UserError(f"{stage.upper()} at ζ = {z:.3f} would push the model toward chance (ζ ≥ ½·ln {classes} "
+                        f"= {limit:.3f}, ln {classes} being chance-level CE): {why}, or pass --force to fine-tune "
+                        f"anyway{note}")
+    return {"train_ce": train_ce, "zeta": dict(levels), "ln_classes": ln_c, "limit": limit,
+            "rule": f"refuse zeta >= {CHANCE_FRACTION:g} * ln(classes)", "passed": not bad, "guard": refuse}
+
+
 def zeta_line(zeta: ZetaEstimate) -> str:
     """One log line: the chosen ζ, its estimator, and the draws' mean ± sd and median."""
     return (f"zeta = {zeta.value:.4f} ({zeta.estimator} of {len(zeta.values)} draw(s); "
@@ -168,12 +214,12 @@ def run_umap(base: nn.Module, prep: Prepared, cfg: UMAPConfig, zeta: float, seed
                            cfg.keep_ratio, cfg.optim, init=cfg.init, seed=seed)
 
 
-def best_epochs(log: list[dict], scores: list[str]) -> dict:
-    """Per tracked score: epoch of the best mean FPR95 on the OOD test sets (analysis only) and on the
-    validation OOD set (a legitimate selection), vs the final epoch."""
+def best_epochs(log: list[dict], scores: list[str], groups: dict[str, str] | None = None) -> dict:
+    """Per tracked score: epoch of the best mean FPR95 on the OOD test sets (near + far by ``groups``;
+    analysis only) and on the validation OOD set (a legitimate selection), vs the final epoch."""
     out = {}
     for s in scores:
-        test = [np.mean([r["ood"][d][s]["fpr95"] for d in r["ood"]]) for r in log]
+        test = [np.mean([r["ood"][d][s]["fpr95"] for d in mean_sets(set_groups(r["ood"], groups))]) for r in log]
         row = {"final_epoch": log[-1]["epoch"], "final_test_fpr95": float(test[-1]),
                "best_test_epoch": log[int(np.argmin(test))]["epoch"], "best_test_fpr95": float(np.min(test))}
         if "val_ood" in log[0]:
