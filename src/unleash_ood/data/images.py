@@ -3,6 +3,7 @@ shared by every OOD source."""
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -214,3 +215,15 @@ def image_header(path: Path) -> tuple[int, int, int]:
     except _READ_ERRORS as e:
         raise UserError(f"cannot read image file {path}: {e}") from None
 
+
+
+def open_npz(path: Path, holds: str) -> np.lib.npyio.NpzFile:
+    """An ``.npz`` archive opened without pickles (a context manager); one UserError when the file is not one.
+    ``holds`` says what it should contain, for the message."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read {path} as an .npz file: {e}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise UserError(f"{path} holds a single array, not an .npz archive with {holds}")
+    return loaded

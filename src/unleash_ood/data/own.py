@@ -39,6 +39,7 @@ from .images import (
     image_files,
     image_header,
     load_image,
+    open_npz,
     to_image_format,
 )
 from .specs import parse_spec
@@ -182,13 +183,7 @@ def list_npz(path: Path) -> Listing:
     """The arrays of an ``npz:`` dataset, checked: the four keys, integer labels in range, one label per image."""
     if not path.is_file():
         raise UserError(f"ID file {path} does not exist or is not a file; use {OWN_FORMS}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read {path} as an .npz file: {e}") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise UserError(f"{path} holds a single array, not an .npz archive with {', '.join(NPZ_KEYS)}")
-    with loaded:
+    with open_npz(path, ", ".join(NPZ_KEYS)) as loaded:
         missing = [k for k in NPZ_KEYS if k not in loaded.files]
         if missing:
             raise UserError(f"{path} lacks array(s) {', '.join(missing)} (found: {', '.join(loaded.files) or 'none'}); "

@@ -13,7 +13,6 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -27,6 +26,7 @@ from .images import (
     check_seed,
     image_files,
     load_image,
+    open_npz,
     to_image_format,
 )
 
@@ -99,13 +99,7 @@ def load_npz(path: Path, image_shape: tuple[int, int, int]) -> torch.Tensor:
         raise UserError(f"OOD file {path} does not exist")
     if not path.is_file():
         raise UserError(f"OOD file {path} is not a file")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read {path} as an .npz file: {e}") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise UserError(f"{path} holds a single array, not an .npz archive with an array named 'images'")
-    with loaded:
+    with open_npz(path, "an array named 'images'") as loaded:
         if "images" not in loaded.files:
             found = ", ".join(loaded.files) or "none"
             raise UserError(f"{path} has no array named 'images' (arrays found: {found})")

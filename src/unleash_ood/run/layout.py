@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import MODEL_ORDER, DemoConfig, build_config
 from ..errors import UserError
-from ..utils.files import checkpoint_meta
+from ..utils.files import checkpoint_meta, read_json
 
 SETUP_FILES = ("config.json", "recipe.json", "ood_cache")  # written before any result: a failure leaves nothing
 RESULT_SUFFIXES = (".json", ".csv", ".md")
@@ -105,13 +105,7 @@ class RunLayout:
 
     def read_results(self, stem: str = "results") -> list[dict]:
         """The metric records of ``results.json`` (``stem="report"``: an aggregate's)."""
-        path = self.results(".json", stem)
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"corrupt {path}: {e}") from None
-        except OSError as e:
-            raise UserError(f"cannot read {path}: {e.strerror}") from None
+        return read_json(self.results(".json", stem), "results")
 
     def read_config(self) -> dict | None:
         """The raw ``config.json`` (None when missing or unreadable): for labels, not for running."""

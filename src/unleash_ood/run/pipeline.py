@@ -29,8 +29,17 @@ from ..utils.files import write_json
 from ..utils.log import say
 from .layout import RunLayout
 from .results import write_outputs
-from .stages import (BaseTraining, best_epochs, check_levels, resolve_zeta, run_um, run_umap, start_run, train_base,
-                     zeta_line)
+from .stages import (
+    BaseTraining,
+    best_epochs,
+    check_levels,
+    resolve_zeta,
+    run_um,
+    run_umap,
+    start_run,
+    train_base,
+    zeta_line,
+)
 from .validation import prepare_validation, tuned_rows, write_tuning, write_validation
 
 STAGES = ("train", "um", "control", "umap")

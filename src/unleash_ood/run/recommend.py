@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..eval.tuning import weighted
 from ..metrics import AGGREGATES
 from ..report.tables import dicts_csv, md_table
-from ..utils.files import write_json, write_text
+from ..utils.files import read_json, write_json, write_text
 from .layout import RunLayout
 
 GROUPS = ("near", "far")  # the validation OOD groups (run.validation: SET_NAMES)
@@ -35,15 +35,6 @@ RULE = ("the (model, detector, params) with the lowest validation FPR95 (ID posi
 TEST_KEYS = ("ood", "group", "fpr95", "auroc", "aupr_in", "fpr95_ood_positive", "id_acc")
 
 
-def _read(path: Path, what: str) -> dict | list:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"corrupt {what} {path}: {e}") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-
-
 def read_validation(run: RunLayout) -> dict:
     """The run's ``validation.json`` (a UserError when the run is not finished or has none)."""
     if not run.finished:
@@ -51,7 +42,7 @@ def read_validation(run: RunLayout) -> dict:
     if not run.validation().is_file():
         raise UserError(f"run {run.root} has no validation results ({run.validation().name}): it was made without "
                         "an ID validation split (data.val_size=0) or by an older version; run it again")
-    return _read(run.validation(), "validation results")  # type: ignore[return-value]
+    return read_json(run.validation(), "validation results")  # type: ignore[return-value]
 
 
 def check_weights(weights: Mapping[str, float], groups: list[str]) -> dict[str, float]:
@@ -187,7 +178,7 @@ def read_pick(run_dir: str | Path) -> dict:
     if not run.recommendation().is_file():
         raise UserError(f"run {run.root} has no recommendation ({run.recommendation().name}); "
                         f"run `unleash-ood recommend --run {run.root}` first")
-    pick = _read(run.recommendation(), "recommendation").get("pick")  # type: ignore[union-attr]
+    pick = read_json(run.recommendation(), "recommendation").get("pick")  # type: ignore[union-attr]
     if not isinstance(pick, dict) or not {"model", "detector", "params"} <= set(pick):
         raise UserError(f"corrupt recommendation {run.recommendation()}: no pick")
     return pick

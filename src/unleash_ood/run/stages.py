@@ -16,11 +16,18 @@ from ..config import DemoConfig, ModelConfig, OptimConfig, UMAPConfig, UMConfig,
 from ..data.prepared import Prepared, prepare_data
 from ..errors import UserError, WriteError, os_error_reason
 from ..eval.models import track
-from ..metrics import mean_sets, set_groups
 from ..methods.train import NonFiniteLossError, ResumeState, train
-from ..methods.um import (CHANCE_FRACTION, ZetaEstimate, chance_ce, estimate_zeta, mean_cross_entropy,
-                          toward_chance, unleash)
+from ..methods.um import (
+    CHANCE_FRACTION,
+    ZetaEstimate,
+    chance_ce,
+    estimate_zeta,
+    mean_cross_entropy,
+    toward_chance,
+    unleash,
+)
 from ..methods.umap import learn_umap_mask
+from ..metrics import mean_sets, set_groups
 from ..models.checkpoint import save_model
 from ..models.inputs import with_input_kwargs
 from ..models.loading import build, load_checkpoint, model_meta, with_data_channels

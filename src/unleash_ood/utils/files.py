@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from ..errors import WriteError, os_error_reason
+from ..errors import UserError, WriteError, os_error_reason
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -67,3 +67,13 @@ def checkpoint_meta(path: str | Path) -> dict:
             return json.loads((f.metadata() or {}).get("meta", "{}"))
     except (SafetensorError, OSError, ValueError):
         return {}
+
+
+def read_json(path: Path, what: str):
+    """A JSON file the project wrote; one UserError naming ``what`` when it is corrupt or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"corrupt {what} {path}: {e}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
