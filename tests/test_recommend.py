@@ -115,7 +115,7 @@ def test_demo_recommends_on_validation_and_reports_test_numbers(tuned_run, capsy
 
 
 def _copy(run: Path, dest: Path, files: tuple[str, ...]) -> Path:
-    dest.mkdir()
+    dest.mkdir(parents=True)
     for f in files:
         shutil.copy(run / f, dest / f)
     return dest
@@ -199,3 +199,58 @@ def test_a_run_without_a_near_proxy_is_ranked_on_far_alone(tuned_run, tmp_path) 
     assert rec["weights"] == {"far": 0.5}
     assert rec["pick"]["far_fpr95"] == min(c["far_fpr95"] for c in val["candidates"])
     assert main(["recommend", "--run", str(other), "--weights", "near=1"]) == 2  # asked for: still an error
+
+
+def _seeds_dir(run: Path, root: Path, shift: dict[int, float]) -> Path:
+    """``root/seed<N>/`` copies of ``run``'s files; seed N's UMAP rows have FPR95 + ``shift[N]``."""
+    files = ("results.json", "validation.json", "summary.json", "finetune_log.json", "config.json")
+    for seed, d in shift.items():
+        dest = _copy(run, root / f"seed{seed}", files)
+        records = json.loads((dest / "results.json").read_text())
+        for r in records:
+            if r["model"] == "umap":
+                r["fpr95"] = min(100.0, max(0.0, r["fpr95"] + d))
+        (dest / "results.json").write_text(json.dumps(records))
+    return root
+
+
+def test_evidence_tables_follow_the_seed_files(tuned_run, tmp_path) -> None:
+    from unleash_ood.analyses.evidence import evidence
+
+    run, _ = tuned_run
+    root = _seeds_dir(run, tmp_path / "seeds", {0: -5.0, 1: -7.0})
+    assert main(["evidence", str(root)]) == 0
+    t = {name: json.loads((root / "evidence" / f"{name}.json").read_text())
+         for name in ("groups", "paired", "recommendation", "proxies", "flooding", "seeds", "proxies_summary")}
+    records = json.loads((run / "results.json").read_text())
+    by_key = {(r["model"], r["score"], r["ood"]): r for r in records}
+    # per group and per set: the seeds' mean and sd (seed 0 and 1 differ only in UMAP's rows)
+    g = next(r for r in t["groups"] if (r["model"], r["score"], r["ood"]) == ("umap", "Energy", "digits"))
+    a, b = (min(100.0, max(0.0, by_key[("umap", "Energy", "digits")]["fpr95"] + d)) for d in (-5.0, -7.0))
+    assert g["group"] == "near" and g["n_seeds"] == 2 and np.isclose(g["fpr95"], (a + b) / 2)
+    assert np.isclose(g["fpr95_std"], abs(a - b) / np.sqrt(2))
+    base = next(r for r in t["groups"] if (r["model"], r["score"], r["ood"]) == ("base", "MSP", "near"))
+    assert base["fpr95_std"] == 0.0 and base["fpr95"] == by_key[("base", "MSP", "near")]["fpr95"]
+    assert {r["ood"] for r in t["groups"]} == {"near", "synthetic", "mean", "digits", "uniform"}  # SMALL: no far set
+    # paired: variant − base per seed; the same difference in both seeds has no spread
+    p = next(r for r in t["paired"] if (r["variant"], r["score"], r["ood"]) == ("um", "KNN", "mean"))
+    d = by_key[("um", "KNN", "mean")]["fpr95"] - by_key[("base", "KNN", "mean")]["fpr95"]
+    assert np.allclose(p["per_seed"], [round(d, 2)] * 2) and p["ci95_half"] == 0.0
+    assert p["verdict"] == ("held" if d < 0 else "did not hold" if d > 0 else "within noise")
+    # the recommendation row is the run's own pick, with its test numbers
+    rec = json.loads((run / "recommendation.json").read_text())
+    row = t["recommendation"][0]
+    assert row["pick"] == f"{rec['pick']['model']} + {rec['pick']['score']}"
+    assert row["base_tuned"] == f"base + {rec['base_best']['score']}" and "(tuned)" not in row["base_default"]
+    # a proxy's regret: its pick's test FPR95 minus the best test FPR95 over the same pairs
+    for r in (x for x in t["proxies"] if x["seed"] == 0 and x["test"] == "near"):
+        fprs = [v["fpr95"] for (m, s, o), v in by_key.items() if o == "near" and m != "umap"]
+        assert r["regret"] >= 0 and r["best_test_fpr95"] <= min(fprs) and r["group"] == "aggregate"
+        assert -1.0 <= r["spearman"] <= 1.0
+    assert {r["proxy"].split(" ")[0] for r in t["proxies_summary"]} == {"near", "far", "rule"}
+    assert {r["model"] for r in t["flooding"]} == {"um", "umap"} and all(0 <= r["ce_below_zeta"] <= 1 for r in t["flooding"])
+    assert [r["seed"] for r in t["seeds"]] == [0, 1] and t["seeds"][0]["cores"] and t["seeds"][0]["total_s"] > 0
+    md = (root / "evidence" / "evidence.md").read_text()
+    assert "### near" in md and "### synthetic" in md and "regret" in md and "| 1 |" in md
+    with pytest.raises(Exception, match="no finished seed runs"):
+        evidence(tmp_path / "empty")

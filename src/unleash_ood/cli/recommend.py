@@ -1,5 +1,6 @@
 """``unleash-ood recommend --run DIR``: one (model × detector × params) of a finished run, chosen on
-validation only (:mod:`unleash_ood.run.recommend`); files only, no network pass."""
+validation only (:mod:`unleash_ood.run.recommend`); ``unleash-ood evidence D``: the tables over the seeds
+of ``demo --seeds … --out D`` (:mod:`unleash_ood.analyses.evidence`). Files only, no network pass."""
 
 from __future__ import annotations
 
@@ -40,9 +41,24 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     print(f"Written: {', '.join(map(str, written))}")
 
 
+def cmd_evidence(args: argparse.Namespace) -> None:
+    from ..analyses.evidence import evidence
+
+    out = Path(args.out) if args.out else Path(args.seeds_dir) / "evidence"
+    tables = evidence(args.seeds_dir, out, title=args.title)
+    print(f"{len(tables['seeds'])} seed(s): written {out}/evidence.md and its tables (groups, paired, "
+          "recommendation, proxies, flooding, seeds)")
+
+
 def add_recommend_parser(sub) -> None:
     r = sub.add_parser("recommend", help="pick one model + detector (+ params) of a finished run on validation only")
     r.add_argument("--run", required=True, help="run directory (from demo/train/um/umap)")
     r.add_argument("--weights", nargs="+", metavar="GROUP=W",
                    help="weights of the validation OOD groups (default: the run's, near=0.5 far=0.5)")
     r.set_defaults(func=cmd_recommend)
+    e = sub.add_parser("evidence", help="per-group tables, paired differences, recommendation and proxy worth "
+                       "over the seeds of `demo --seeds`")
+    e.add_argument("seeds_dir", help="the --out of `demo --seeds` (holding seed<N>/)")
+    e.add_argument("--out", help="output folder (default SEEDS_DIR/evidence)")
+    e.add_argument("--title", help="the page's title (default: SEEDS_DIR)")
+    e.set_defaults(func=cmd_evidence)

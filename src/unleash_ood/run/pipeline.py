@@ -27,6 +27,7 @@ from ..report.plots import plot_training_curve
 from ..report.tables import OUTLIER_LABELS
 from ..utils.files import write_json
 from ..utils.log import say
+from ..utils.runtime import machine
 from .layout import RunLayout
 from .results import write_outputs
 from .stages import (
@@ -85,7 +86,7 @@ def run_stages(cfg: DemoConfig, out_dir: str | Path, stages: tuple[str, ...] = S
     run = RunLayout(out)
     write_json(run.config, cfg.model_dump())
     timings["data"] = time.perf_counter() - t0
-    summary: dict = {"stages": list(stages), "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+    summary: dict = {"machine": machine(), "stages": list(stages), "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
                      "base_training": {"skipped": "train" not in stages,
                                        "checkpoint": None if "train" in stages else str(init_checkpoint)}}
     if prep.id.preprocessing is not None:  # own data: the input, and what was done to reach it

@@ -26,7 +26,10 @@
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
+import platform
+import socket
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -56,6 +59,22 @@ class Runtime:
 
 
 _current = Runtime()
+
+
+def machine() -> dict[str, object]:
+    """Where and when a run ran: host, CPU model, core count, torch threads, versions, start time (UTC)."""
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux names the CPU model here; platform.processor() is often empty
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def current() -> Runtime:
