@@ -70,7 +70,7 @@ def test_demo_quick_writes_every_result(demo_run: Path) -> None:
     # summary.json: what exactly each OOD set and the validation proxy was
     sets = json.loads((demo_run / "summary.json").read_text())["sets"]
     assert set(sets) == {"glyphs", "digits", "textures", "photos", "scenes", "gaussian", "uniform", "val_ood",
-                         "val_near"}
+                         "val_near", "probe_strokes", "probe_distorted"}
     assert all(len(r["sha256"]) == 64 and r["shape"][0] == r["n"] for r in sets.values())
     # the near validation proxy: letters of the held-out font families, none of the test set's fonts
     assert sets["val_near"]["distinct_sources"] == len(sets["val_near"]["sources"]) > 0

@@ -56,13 +56,16 @@ def test_tuned_demo_writes_tuning_validation_and_tuned_rows(tuned_run) -> None:
     run, _ = tuned_run
     tuning = json.loads((run / "tuning.json").read_text())
     assert set(tuning["models"]) == set(MODELS) and tuning["weights"] == {"near": 0.5, "far": 0.5}
-    assert {d["group"] for d in tuning["sets"].values()} == {"near", "far"}
+    # the probes (group synthetic) are scored beside the proxies, never chosen on
+    assert {n: d["group"] for n, d in tuning["sets"].items()} == {
+        "val_near": "near", "val_ood": "far", "probe_strokes": "synthetic", "probe_distorted": "synthetic"}
     for model in MODELS:
         by_det = tuning["models"][model]
         assert set(by_det) == set(TUNING_GRIDS)  # every tunable detector of the default scores.use
         ash = by_det["ASH-S"]
         assert [r["value"] for r in ash["grid"]] == list(PERCENTILE_GRID)  # the whole grid, each value's FPR95s
-        assert all(set(r["fpr95"]) == {"val_near", "val_ood"} for r in ash["grid"])
+        assert all(set(r["fpr95"]) == set(tuning["sets"]) for r in ash["grid"])
+        assert all(np.isclose(r["val_fpr95"], (r["fpr95"]["val_near"] + r["fpr95"]["val_ood"]) / 2) for r in ash["grid"])
         assert ash["val_fpr95"] == min(r["val_fpr95"] for r in ash["grid"])
     assert "| base | ASH-S | percentile |" in (run / "tuning.md").read_text()
     records = json.loads((run / "results.json").read_text())
@@ -247,7 +250,7 @@ def test_evidence_tables_follow_the_seed_files(tuned_run, tmp_path) -> None:
         fprs = [v["fpr95"] for (m, s, o), v in by_key.items() if o == "near" and m != "umap"]
         assert r["regret"] >= 0 and r["best_test_fpr95"] <= min(fprs) and r["group"] == "aggregate"
         assert -1.0 <= r["spearman"] <= 1.0
-    assert {r["proxy"].split(" ")[0] for r in t["proxies_summary"]} == {"near", "far", "rule"}
+    assert {r["proxy"].split(" ")[0] for r in t["proxies_summary"]} == {"near", "far", "rule", "probe", "every"}
     assert {r["model"] for r in t["flooding"]} == {"um", "umap"} and all(0 <= r["ce_below_zeta"] <= 1 for r in t["flooding"])
     assert [r["seed"] for r in t["seeds"]] == [0, 1] and t["seeds"][0]["cores"] and t["seeds"][0]["total_s"] > 0
     md = (root / "evidence" / "evidence.md").read_text()

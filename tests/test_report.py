@@ -127,6 +127,16 @@ def test_run_seeds_runs_each_seed_once_and_reuses_finished(tmp_path: Path) -> No
     other = cfg.model_copy(update={"um": cfg.um.model_copy(update={"keep_ratio": 0.9})})
     with pytest.raises(UserError, match="another configuration.*um.keep_ratio"):
         run_seeds(other, [0], tmp_path, run_one)
+    # a setting added since a seed ran, wanted at its default, is what that seed did: reused
+    saved = json.loads((tmp_path / "seed0" / "config.json").read_text())
+    del saved["data"]["val_probes"]
+    (tmp_path / "seed0" / "config.json").write_text(json.dumps(saved))
+    calls.clear()
+    run_seeds(cfg, [0], tmp_path, run_one)
+    assert calls == []
+    changed = cfg.model_copy(update={"data": cfg.data.model_copy(update={"val_probes": ["strokes"]})})
+    with pytest.raises(UserError, match="another configuration.*data.val_probes"):
+        run_seeds(changed, [0], tmp_path, run_one)
 
 
 def test_training_curve_with_near_and_far(tmp_path: Path) -> None:

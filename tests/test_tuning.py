@@ -52,8 +52,8 @@ def _hand_fpr(id_s: np.ndarray, near: np.ndarray, far: np.ndarray) -> float:
 
 
 def test_tuning_picks_the_lowest_validation_fpr95_from_one_pass(trained_cnn, prep, vsets, cfg) -> None:
-    assert list(vsets.sets.ood) == ["val_near", "val_ood"] and vsets.sets.groups == {"val_near": "near",
-                                                                                   "val_ood": "far"}
+    assert vsets.sets.groups == {"val_near": "near", "val_ood": "far", "probe_strokes": "synthetic",
+                                 "probe_distorted": "synthetic"}  # probes: scored, weight 0 in the rule
     assert vsets.described["val_near"]["source"] == "glyphs (validation fonts)"
     calls = _count_forwards(trained_cnn)
     val = validate_models({"m": (trained_cnn, None)}, prep, vsets.sets, cfg.scores, progress=False)
@@ -108,7 +108,7 @@ def test_tuning_picks_the_lowest_validation_fpr95_from_one_pass(trained_cnn, pre
     ash = tuning["ASH-S"]
     assert [r["value"] for r in ash["grid"]] == list(PERCENTILE_GRID)
     for t in tuning.values():  # every grid row: FPR95 and AUROC per proxy; the choice is a minimum
-        assert all(set(r["fpr95"]) == set(r["auroc"]) == {"val_near", "val_ood"} for r in t["grid"])
+        assert all(set(r["fpr95"]) == set(r["auroc"]) == set(vsets.sets.ood) for r in t["grid"])
         assert t["val_fpr95"] == min(r["val_fpr95"] for r in t["grid"]) <= t["default_val_fpr95"]
 
     # the validation rows: every detector's default row, then its tuned row with the chosen params
@@ -154,7 +154,7 @@ def test_without_held_out_fonts_validation_uses_the_far_proxy_alone(cfg, prep, t
 
     monkeypatch.setattr(select_keep, "load_glyphs", no_fonts)
     vs = prepare_validation(cfg, prep, trained_cnn)
-    assert list(vs.sets.ood) == ["val_ood"] and "no val fonts" in vs.missing["near"]
+    assert [n for n, g in vs.sets.groups.items() if g != "synthetic"] == ["val_ood"] and "no val fonts" in vs.missing["near"]
     val = validate_models({"m": (trained_cnn, None)}, prep, vs.sets, cfg.scores, progress=False)
     knn = val.tuning["m"]["KNN"]
     assert all(r["val_fpr95"] == r["far_fpr95"] == r["fpr95"]["val_ood"] for r in knn["grid"])  # far alone

@@ -197,6 +197,8 @@ class DataConfig(_Strict):
     ``{mean: […], std: […]}``), ``max_memory_gb`` (the bound on the decoded splits, N×C×H×W×4 bytes),
     ``workers`` (decoding processes; None: automatic). ``val_size``: a count or a fraction in (0, 1).
     ``val_near``/``val_far``: your known outliers, added to the validation OOD of that group.
+    ``val_probes``: generated validation sets (:mod:`unleash_ood.data.probes`, ``val_ood_size // 2``
+    images each) scored and reported beside the proxies, never chosen on.
     """
 
     dataset: str = "fashion_mnist"
@@ -219,6 +221,7 @@ class DataConfig(_Strict):
     normalize: str | dict[str, list[float]] | None = None
     val_near: list[str] = Field(default_factory=list)
     val_far: list[str] = Field(default_factory=list)
+    val_probes: list[Literal["strokes", "distorted"]] = Field(default_factory=lambda: ["strokes", "distorted"])
     max_memory_gb: float = Field(16.0, gt=0)
     workers: int | None = Field(None, ge=0)
 

@@ -180,6 +180,13 @@ def proxy_rows(seeds: list[SeedRun]) -> list[dict]:
                                                                 for c in cands} for g in w}
         val["rule (" + ", ".join(f"{g} {x:g}" for g, x in w.items()) + ")"] = {
             (c["model"], c["score"]): c["val_fpr95"] for c in cands}
+        probes = [n for n, d in s.validation["sets"].items() if d["group"] == "synthetic"]
+        if probes and all("sets_fpr95" in c for c in cands):  # probes: scored, never chosen on
+            for n in probes:
+                val[f"probe {n.removeprefix('probe_')}"] = {(c["model"], c["score"]): c["sets_fpr95"][n] for c in cands}
+            every = [n for n in s.validation["sets"]]
+            val["every proxy and probe, equal weights"] = {
+                (c["model"], c["score"]): float(np.mean([c["sets_fpr95"][n] for n in every])) for c in cands}
         test: dict[str, dict] = {}
         for r in s.records:
             test.setdefault(r["ood"], {})[(r["model"], r["score"])] = r["fpr95"]

@@ -233,6 +233,7 @@ def validate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prep
             t = val.tuning.get(name, {}).get(detector) if score != detector else None
             val.candidates.append({"model": name, "score": score, "detector": detector, "params": params[score],
                                    **{k: v for k, v in m.items() if k not in ("fpr95", "auroc")},
+                                   "sets_fpr95": m["fpr95"],
                                    **({"same_as_default": t["chosen"] == t["default"]} if t else {})})
         val.val_acc[name] = val_acc
         if "val_ood" in outs:

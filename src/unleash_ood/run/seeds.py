@@ -51,7 +51,10 @@ def check_same_config(run: RunLayout, cfg: DemoConfig) -> None:
                         "another --out") from None
     want = _leaves(json.loads(json.dumps(cfg.model_dump(), default=float)))
     have = _leaves(saved)
-    diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    default = _leaves(json.loads(json.dumps(DemoConfig().model_dump(), default=float)))
+    # a setting added since that run, wanted at its default, is what that run did
+    diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k)
+                  and not (k not in have and k in default and want.get(k) == default[k]))
     if diff:
         raise UserError(f"{run.root} holds a finished run of another configuration (differs in "
                         f"{', '.join(diff)}); use another --out")

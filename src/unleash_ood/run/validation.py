@@ -1,7 +1,7 @@
 """A run's validation side: the validation OOD proxies it may choose on (near: letters from the glyph
 fonts held out of the test set, or TinyImageNet for CIFAR; far: patch-shuffled ID validation images;
 each plus the user's known outliers ``data.val_near``/``val_far`` — :func:`~.select_keep.validation_ood`),
-checked before training, and the files ``validation.json|csv|md``
+the probes ``data.val_probes`` it only reports (group ``synthetic``, weight 0), checked before training, and the files ``validation.json|csv|md``
 (every model × detector × params against them) and ``tuning.json|csv|md`` (``scores.tune``'s choices
 with every grid value). The OOD test sets are never part of it."""
 
@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import DemoConfig
 from ..data.prepared import EvalSets, Prepared
+from ..data.probes import make_probe
 from ..detectors.base import Detector
 from ..errors import UserError
 from ..eval.forward import classifier_layer
@@ -26,6 +27,7 @@ from .layout import RunLayout
 from .select_keep import validation_ood
 
 SET_NAMES = {"near": "val_near", "far": "val_ood"}  # val_ood: the name prep.val_sets() gives the far proxy
+PROBE_GROUP = "synthetic"  # the probes' group: no weight in the rule, so never chosen on
 NOT_TUNED = ("ODIN keeps its configured values (its own gradient pass is not re-run per grid value); MSP, "
              "MaxLogit, GEN, Mahalanobis and fDBD have no grid.")
 
@@ -57,9 +59,16 @@ def prepare_validation(cfg: DemoConfig, prep: Prepared, model: nn.Module) -> Val
             far = (f"{far[0]} + {prep.val_user['far'][0]}", torch.cat([far[1], prep.val_user["far"][1]]))
         proxies = {**({"near": prep.val_user["near"]} if "near" in prep.val_user else {}), "far": far}
     order = [g for g in ("near", "far") if g in proxies]
-    sets = EvalSets(prep.id.val, {SET_NAMES[g]: proxies[g][1] for g in order}, {SET_NAMES[g]: g for g in order})
+    ood = {SET_NAMES[g]: proxies[g][1] for g in order}
+    groups = {SET_NAMES[g]: g for g in order}
     described = {SET_NAMES[g]: {"group": g, "source": proxies[g][0], "size": len(proxies[g][1])} for g in order}
-    return ValidationSets(sets, described, missing)
+    n_probe = max(1, min(cfg.data.val_ood_size // 2, len(prep.id.val[0])))
+    for p in cfg.data.val_probes:
+        ood[f"probe_{p}"] = make_probe(p, n_probe, cfg.data.seed, prep.id.image_shape, prep.id.val[0])
+        groups[f"probe_{p}"] = PROBE_GROUP
+        described[f"probe_{p}"] = {"group": PROBE_GROUP, "source": f"probe: {p} (reported, never chosen on)",
+                                   "size": n_probe}
+    return ValidationSets(EvalSets(prep.id.val, ood, groups), described, missing)
 
 
 def _params_text(params: dict) -> str:
@@ -83,7 +92,9 @@ def write_validation(run: RunLayout, val: Validation, vs: ValidationSets) -> Non
         "candidates": val.candidates, "records": val.records})
     rows = [{**c, "params": json.dumps(c["params"])} for c in val.candidates]
     write_text(run.validation(".csv"), dicts_csv(rows, [k for k in CANDIDATE_KEYS if any(k in r for r in rows)]))
-    sets = "; ".join(f"{d['group']}: {d['source']} ({d['size']} images, `{n}`)" for n, d in vs.described.items())
+    sets = "; ".join(f"{d['group']}: {d['source']} ({d['size']} images, `{n}`)" for n, d in vs.described.items()
+                     if d["group"] != PROBE_GROUP)
+    probes = ", ".join(f"`{n}`" for n, d in vs.described.items() if d["group"] == PROBE_GROUP)
     table = md_table(["model", "score", "params", *(f"{g} FPR95 ↓" for g in groups), "val FPR95 ↓",
                       "val AUROC ↑"],
                      [[c["model"], c["score"], _params_text(c["params"]), *(_f(c[f"{g}_fpr95"]) for g in groups),
@@ -92,7 +103,9 @@ def write_validation(run: RunLayout, val: Validation, vs: ValidationSets) -> Non
     write_text(run.validation(".md"), "\n".join([
         "# Validation", "", (f"ID validation split ({len(vs.sets.id[0])} images) against the validation OOD "
                              f"proxies ({sets}); never an OOD test set. val FPR95: the weighted mean over the "
-                             f"groups ({weights})."),
+                             f"groups ({weights})." + (f" Probes {probes} are scored (validation.json: "
+                                                       "records, candidates' sets_fpr95) but never chosen on."
+                                                       if probes else "")),
         *(f"No {g} proxy: {why}" for g, why in vs.missing.items()), "", table, ""]))
 
 
