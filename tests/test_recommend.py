@@ -107,6 +107,7 @@ def test_demo_recommends_on_validation_and_reports_test_numbers(tuned_run, capsy
     md = (run / "recommendation.md").read_text()
     assert f"**{pick['model']} + {pick['score']}" in md and "runners-up" in md and "| digits (near) |" in md
     assert f"recommended (chosen on validation only): {pick['model']} + {pick['score']}" in stdout
+    assert f"exported to {run / 'recommended'}" in stdout
     # the command gives the same pick from the files; other weights, another ranking
     assert main(["recommend", "--run", str(run)]) == 0
     assert json.loads((run / "recommendation.json").read_text())["pick"] == rec["pick"]
@@ -152,6 +153,10 @@ def test_export_recommended_exports_the_pick(tuned_run, tmp_path) -> None:
     det = OODDetector.load(bundle)  # the bundle rebuilds the detector with those params and scores images
     assert det.spec.score.params == pick["params"]
     assert np.isfinite(det.score(torch.rand(4, 1, 28, 28))).all()
+    # the demo's last step exported the same pick into the run, calibrated on the same split
+    demo_spec = json.loads((run / "recommended" / "detector.json").read_text())
+    assert demo_spec["model"] == spec["model"] and demo_spec["score"] == spec["score"]
+    assert {k: demo_spec["calibration"][k] for k in ("tpr", "size")} == {k: spec["calibration"][k] for k in ("tpr", "size")}
 
 
 def test_bad_input_exits_2_and_writes_nothing(tuned_run, tmp_path, capsys) -> None:

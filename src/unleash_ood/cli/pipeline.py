@@ -47,6 +47,8 @@ def _print_table(records: list[dict], out: Path) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from ..deploy.export import ExportRequest, export_run
+    from ..run.layout import RunLayout
     from ..run.outliers import demo_with_outliers
     from ..run.pipeline import run_demo
     from ..run.recommend import pick_line, recommend_run
@@ -59,8 +61,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
             records = (demo_with_outliers(cfg, run_dir, checkpoint=args.checkpoint, force=args.force)
                        if args.with_outliers else
                        run_demo(cfg, run_dir, resume=args.resume, checkpoint=args.checkpoint, force=args.force))
-            rec = recommend_run(run_dir)  # the last step: one pick, chosen on validation only
-            picks.append(f"{out}: {pick_line(rec)}" if rec else f"{out}: no recommendation (no ID validation split)")
+            rec = recommend_run(run_dir)  # the last step: one pick, chosen on validation only, and its bundle
+            if rec:
+                p = rec["pick"]
+                bundle = RunLayout(Path(run_dir)).recommended
+                export_run(ExportRequest(run=Path(run_dir), model=p["model"], score=p["detector"], out=bundle,
+                                         params=p["params"], device=cfg.runtime.device))
+                picks.append(f"{out}: {pick_line(rec)}; exported to {bundle}")
+            else:
+                picks.append(f"{out}: no recommendation (no ID validation split)")
             return records
 
     if args.seeds is not None:

@@ -64,6 +64,7 @@ class RunLayout:
     last_state = property(lambda self: self.root / "checkpoints" / "last_state.pt")
     outliers = property(lambda self: RunLayout(self.root / "outliers"))
     eval = property(lambda self: self.root / "eval")
+    recommended = property(lambda self: self.root / "recommended")  # the demo's export of its recommendation
 
     def results(self, suffix: str = ".json", stem: str = "results") -> Path:
         """``results.json|csv|md`` (``stem="report"``: the aggregate of ``unleash-ood report``)."""
