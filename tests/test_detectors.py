@@ -342,7 +342,7 @@ def test_scores_config_defaults_list_form_and_params() -> None:
     assert [d.name for d in configured_detectors(cfg.scores)] == list(TABLE_ORDER)
     old = validate(DemoConfig, {"scores": ["MSP", "KNN"]})
     assert old.scores.use == ["MSP", "KNN"] and old.model_dump()["scores"] == {
-        "use": ["MSP", "KNN"], "tune": False, "grid": {}, "MSP": {}, "KNN": {"k": 50}}
+        "use": ["MSP", "KNN"], "tune": True, "grid": {}, "MSP": {}, "KNN": {"k": 50}}
     tuned = validate(DemoConfig, {"scores": {"KNN": {"k": 10}, "ASH-B": {"percentile": 65}}})
     knn = next(d for d in configured_detectors(tuned.scores) if d.name == "KNN")
     assert knn.params.k == 10 and tuned.scores.params("ASH-B") == {"percentile": 65.0}

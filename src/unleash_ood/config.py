@@ -376,14 +376,15 @@ class ScoresConfig(BaseModel):
     """The detectors to evaluate (``use``, in table order) and their hyperparameters, one section per
     detector: ``scores.KNN.k=10``. Each section is validated by that detector's ``Params`` and holds the
     effective values of every used detector. A plain list (``scores=[MSP, Energy]``) means ``use``.
-    ``tune``: also pick each tunable detector's hyperparameter per model on validation OOD only, from the
+    ``tune`` (default on wherever there is an ID validation split; ``--quick`` turns it off): also pick
+    each tunable detector's hyperparameter per model on validation OOD only, from the
     grids of :data:`~unleash_ood.detectors.params.TUNING_GRIDS`; ``grid`` replaces one
     (``scores.grid.KNN.k=[5, 10]``; see docs/detectors.md)."""
 
     model_config = ConfigDict(extra="allow")
 
     use: list[str] = Field(default_factory=all_detector_names, min_length=1)
-    tune: bool = False
+    tune: bool = True
     grid: dict[str, dict[str, list]] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -464,7 +465,9 @@ class DemoConfig(_Strict):
     @model_validator(mode="after")
     def _tune_on_validation(self) -> DemoConfig:
         if self.scores.tune and self.data.val_size == 0:
-            raise ValueError("scores.tune=true picks hyperparameters on the ID validation split: data.val_size > 0")
+            if "tune" in self.scores.model_fields_set:
+                raise ValueError("scores.tune=true picks hyperparameters on the ID validation split: data.val_size > 0")
+            self.scores.tune = False  # by default: no validation split, so nothing to tune on (nor to recommend)
         return self
 
 

@@ -311,9 +311,10 @@ def _page(title: str, seeds: list[SeedRun], models: list[str], t: dict, sets: di
              "## Paired differences (variant − base, same seed and detector): verdict counts over detectors", "",
              "Verdict: the 95% t-interval of the mean FPR95 difference lies below 0 → held; above 0 → did not hold; "
              "contains 0 → within noise.", "",
-             "| variant | group | held | did not hold | within noise |", "|---|---|---:|---:|---:|"]
+             "| variant | group | held | did not hold | within noise | one seed (no interval) |",
+             "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {LABELS.get(r['variant'], r['variant'])} | {r['group']} | {r['held']} | {r['did not hold']} | "
-              f"{r['within noise']} |" for r in t["verdicts"]]
+              f"{r['within noise']} | {r['one seed']} |" for r in t["verdicts"]]
     lines += ["", "Every pair, per group and per set: `paired.md`.", "",
               "## The recommendation against the base model's best detector (test FPR95, per seed)", "",
               "| seed | pick | base best (default params) | base best (tuned allowed) | "
