@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..run.aggregate import mean_std
 from ..run.layout import RunLayout
 from ..run.proxies import proxy_table
 from ..run.recommend import rank
@@ -67,11 +68,6 @@ def load_seeds(root: str | Path) -> list[SeedRun]:
     return out
 
 
-def _ms(values: list[float]) -> tuple[float, float]:
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
 def _by_key(records: list[dict]) -> dict[tuple[str, str, str], dict]:
     return {(r["model"], r["score"], r["ood"]): r for r in records}
 
@@ -95,7 +91,7 @@ def group_rows(seeds: list[SeedRun]) -> list[dict]:
                 continue
             row = {"ood": ood, "group": group, "model": model, "score": score}
             for m in ("fpr95", "auroc"):
-                row[m], row[f"{m}_std"] = _ms([r[m] for r in recs])
+                row[m], row[f"{m}_std"] = mean_std([r[m] for r in recs])
             rows.append({**row, "n_seeds": len(recs)})
     return rows
 
@@ -116,7 +112,7 @@ def paired_rows(seeds: list[SeedRun], variants: tuple[str, ...] = VARIANTS) -> l
                 d_fpr = [a["fpr95"] - b["fpr95"] for _, a, b in used]
                 d_auc = [a["auroc"] - b["auroc"] for _, a, b in used]
                 verdict_, half = verdict(d_fpr)
-                (m, sd), (ma, _) = _ms(d_fpr), _ms(d_auc)
+                (m, sd), (ma, _) = mean_std(d_fpr), mean_std(d_auc)
                 rows.append({"ood": ood, "group": group, "variant": v, "score": score, "delta_fpr95": m,
                              "delta_fpr95_std": sd, "ci95_half": half, "delta_auroc": ma, "n_seeds": len(used),
                              "better_in": sum(x < 0 for x in d_fpr), "per_seed": [round(x, 2) for x in d_fpr],
@@ -162,7 +158,7 @@ def recommendation_summary(rows: list[dict]) -> list[dict]:
             d = [r[f"pick_minus_{ref}_{g}"] for r in rows if r.get(f"pick_minus_{ref}_{g}") is not None]
             if not d:
                 continue
-            (m, sd), (v, half) = _ms(d), verdict(d)
+            (m, sd), (v, half) = mean_std(d), verdict(d)
             out.append({"reference": ref, "group": g, "delta_fpr95": m, "delta_fpr95_std": sd, "ci95_half": half,
                         "better_in": sum(x < 0 for x in d), "worse_in": sum(x > 0 for x in d), "n_seeds": len(d),
                         "verdict": v})
@@ -208,7 +204,7 @@ def proxy_summary(rows: list[dict]) -> list[dict]:
     for proxy, test, group in keys:
         rs = [r for r in rows if r["proxy"] == proxy and r["test"] == test]
         rho = [r["spearman"] for r in rs if r["spearman"] == r["spearman"]]
-        (reg, reg_sd), (sp, sp_sd) = _ms([r["regret"] for r in rs]), _ms(rho) if rho else (float("nan"), 0.0)
+        (reg, reg_sd), (sp, sp_sd) = mean_std([r["regret"] for r in rs]), mean_std(rho) if rho else (float("nan"), 0.0)
         out.append({"proxy": proxy, "test": test, "group": group, "regret": reg, "regret_std": reg_sd,
                     "regret_max": max(r["regret"] for r in rs), "spearman": sp, "spearman_std": sp_sd,
                     "n_seeds": len(rs), "picks": "; ".join(dict.fromkeys(r["pick"] for r in rs))})
@@ -224,7 +220,7 @@ def flooding_rows(seeds: list[SeedRun]) -> list[dict]:
             vals = [x[e]["ce_below_zeta"] for x in logs if len(x) > e and "ce_below_zeta" in x[e]]
             ces = [x[e]["train_ce"] for x in logs if len(x) > e]
             if vals:
-                (m, sd), (ce, _) = _ms(vals), _ms(ces)
+                (m, sd), (ce, _) = mean_std(vals), mean_std(ces)
                 rows.append({"model": model, "epoch": e + 1, "ce_below_zeta": m, "ce_below_zeta_std": sd,
                              "train_ce": ce, "n_seeds": len(vals)})
     zetas = [(s.summary.get("zeta") or {}).get("value") for s in seeds]
