@@ -26,8 +26,11 @@ from unleash_ood.data.prepared import prepare_data
 from unleash_ood.data.specs import load_ood
 from unleash_ood.deploy.inputs import load_inputs
 from unleash_ood.errors import UserError
+from unleash_ood.eval.models import track, val_fpr95
+from unleash_ood.models.loading import build
 from unleash_ood.models.inputs import with_input_kwargs
 from unleash_ood.run.select_keep import validation_ood
+from unleash_ood.run.stages import best_epochs
 
 FM_CLASSES = {0: "tshirt", 1: "trouser", 7: "sneaker"}  # folder names; sorted: sneaker, trouser, tshirt
 N_TRAIN, N_TEST = 80, 40  # per class
@@ -237,9 +240,32 @@ def test_val_near_and_far_join_the_validation_ood(fm_folder: Path, photo_npz: Pa
     assert chosen["far"][0] == "patch-shuffled ID validation + known"
     assert len(chosen["far"][1]) == len(prep.val_ood) + 40
     assert chosen["near"][0] == "glyphs (validation fonts) + close"
+    # tracking along training records the known outliers too, and an epoch is selected on all of them
+    model_cfg = build_config(overrides=[f"data.dataset=folder:{fm_folder}", *FAST]).model
+    model = build(with_input_kwargs(model_cfg, prep.id), prep.id.num_classes)
+    rec = track(model, prep, ["Energy"])
+    assert set(rec["val_user"]) == {"known", "close"}
+    three = [rec["val_ood"]["Energy"]["fpr95"], *(rec["val_user"][k]["Energy"]["fpr95"] for k in ("known", "close"))]
+    assert val_fpr95(rec, "Energy") == pytest.approx(np.mean(three))
+    worse = {k: {"Energy": {**v["Energy"], "fpr95": 100.0}} for k, v in rec["val_user"].items()}
+    rows = best_epochs([{**rec, "epoch": 1, "val_user": worse}, {**rec, "epoch": 2}], ["Energy"])
+    assert rows["Energy"]["best_val_epoch"] == 2 or three[1:] == [100.0, 100.0]
     with pytest.raises(UserError, match="also an OOD test set"):
         prepare_data(build_config(overrides=[f"data.dataset=folder:{fm_folder}", *FAST,
                                              "data.val_far=[textures]"]).data)
+
+
+@pytest.mark.parametrize("layout", ["folder", "npz"])
+def test_memory_mapped_splits_hold_the_same_images(layout: str, fm_folder: Path, photo_npz: Path,
+                                                   tmp_path: Path) -> None:
+    dataset = f"folder:{fm_folder}" if layout == "folder" else f"npz:{photo_npz}"
+    cfg = build_config(overrides=[f"data.dataset={dataset}", *FAST]).data
+    held = load_data(cfg)
+    mapped = load_data(cfg.model_copy(update={"max_memory_gb": 1e-6, "cache_dir": str(tmp_path)}))  # auto → disk
+    assert held.preprocessing["storage"]["kind"] == "memory" and mapped.preprocessing["storage"]["kind"] == "disk"
+    for a, b in zip((held.train, held.val, held.test), (mapped.train, mapped.val, mapped.test)):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert held.normalization == mapped.normalization and not list(tmp_path.iterdir())
 
 
 def test_decoding_workers_give_the_same_images(photo_folder: Path) -> None:
@@ -345,7 +371,12 @@ def test_bad_npz_and_sizes_fail_with_one_line(tmp_path: Path, capsys, tiny: Path
                  classes=np.array(["cat", "dog"]))
     assert "train_labels hold 2" in _fails(tmp_path, capsys, f"npz:{named}")
     assert "does not exist" in _fails(tmp_path, capsys, f"folder:{tmp_path / 'nowhere'}")
-    assert "data.max_memory_gb" in _fails(tmp_path, capsys, f"folder:{tiny}", "data.max_memory_gb=1e-7")
+    assert "data.max_memory_gb" in _fails(tmp_path, capsys, f"folder:{tiny}", "data.max_memory_gb=1e-7",
+                                          "data.storage=memory")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert f"data.cache_dir {blocked / 'sub'}" in _fails(tmp_path, capsys, f"folder:{tiny}", "data.storage=disk",
+                                                          f"data.cache_dir={blocked / 'sub'}")
     assert "data.train_size must be in" in _fails(tmp_path, capsys, f"folder:{tiny}", "data.train_size=100")
     assert "data.val_size" in _fails(tmp_path, capsys, f"folder:{tiny}", "data.val_size=1.5")
 
@@ -361,9 +392,10 @@ def _flag_band(bundle: Path, n_test: int) -> tuple[float, float]:
     return max(0.0, cal["flag_rate"] - 4 * sd), cal["flag_rate"] + 4 * sd
 
 
-def _demo_export_detect(dataset: str, inputs: str, n_test: int, tmp_path: Path) -> tuple[dict, list[dict]]:
+def _demo_export_detect(dataset: str, inputs: str, n_test: int, tmp_path: Path, *extra: str
+                        ) -> tuple[dict, list[dict]]:
     run, bundle, csv_path = tmp_path / "run", tmp_path / "bundle", tmp_path / "p.csv"
-    assert main(["demo", "--quick", "--out", str(run), f"data.dataset={dataset}", *FAST]) == 0
+    assert main(["demo", "--quick", "--out", str(run), f"data.dataset={dataset}", *FAST, *extra]) == 0
     records = json.loads((run / "results.json").read_text())
     assert {r["model"] for r in records} == {"base", "um", "ce_finetune", "umap"}
     assert main(["export", "--run", str(run), "--model", "umap", "--score", "Energy", "--out", str(bundle),
@@ -378,8 +410,11 @@ def _demo_export_detect(dataset: str, inputs: str, n_test: int, tmp_path: Path) 
 
 
 def test_folder_dataset_demo_export_detect(fm_folder: Path, tmp_path: Path) -> None:
-    summary, rows = _demo_export_detect(f"folder:{fm_folder}", f"folder:{fm_folder / 'test'}", 3 * N_TEST, tmp_path)
+    cache = tmp_path / "cache"  # the decoded splits memory-mapped there, read batch by batch
+    summary, rows = _demo_export_detect(f"folder:{fm_folder}", f"folder:{fm_folder / 'test'}", 3 * N_TEST, tmp_path,
+                                        "data.storage=disk", f"data.cache_dir={cache}")
     assert summary["input"]["input"]["image_size"] == [28, 28]
+    assert summary["input"]["storage"]["kind"] == "disk" and not list(cache.iterdir())  # nothing left behind
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["model"]["kwargs"]["mean"] == summary["input"]["normalize"]["mean"]
     spec = json.loads((tmp_path / "bundle" / "detector.json").read_text())

@@ -194,8 +194,9 @@ class DataConfig(_Strict):
     defaults are ``val_size=0.1`` and every training image): ``image_size`` (H W) and ``channels`` of
     the model input (None: inferred from the training images), ``normalize`` (``dataset``, the default
     for own data: mean/std per channel of the training split; ``imagenet``; or ``[[mean…], [std…]]`` /
-    ``{mean: […], std: […]}``), ``max_memory_gb`` (the bound on the decoded splits, N×C×H×W×4 bytes),
-    ``workers`` (decoding processes; None: automatic). ``val_size``: a count or a fraction in (0, 1).
+    ``{mean: […], std: […]}``), ``storage`` (where the decoded splits live, N×C×H×W×4 bytes: ``memory``;
+    ``disk``, a memory-mapped file in ``cache_dir`` (default ``DATA_ROOT/decoded``) read batch by batch;
+    ``auto``, memory up to ``max_memory_gb``, else disk), ``workers`` (decoding processes; None: automatic). ``val_size``: a count or a fraction in (0, 1).
     ``val_near``/``val_far``: your known outliers, added to the validation OOD of that group.
     ``val_probes``: generated validation sets (:mod:`unleash_ood.data.probes`, ``val_ood_size // 2``
     images each) scored and reported beside the proxies, never chosen on.
@@ -223,6 +224,8 @@ class DataConfig(_Strict):
     val_far: list[str] = Field(default_factory=list)
     val_probes: list[Literal["strokes", "distorted"]] = Field(default_factory=lambda: ["strokes", "distorted"])
     max_memory_gb: float = Field(16.0, gt=0)
+    storage: Literal["auto", "memory", "disk"] = "auto"
+    cache_dir: str | None = None
     workers: int | None = Field(None, ge=0)
 
     @model_validator(mode="before")

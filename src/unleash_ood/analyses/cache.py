@@ -21,7 +21,7 @@ from ..config import DataConfig, DemoConfig
 from ..data.prepared import Prepared, prepare_data
 from ..errors import UserError
 from ..eval.evaluate import configured_detectors
-from ..eval.models import evaluate_models
+from ..eval.models import evaluate_models, val_fpr95
 from ..models.checkpoint import load_masks, save_masks, save_model
 from ..models.loading import build, load_checkpoint, model_meta
 from ..run.layout import RunLayout
@@ -77,10 +77,10 @@ class BaseRun:
         return model
 
     def best_val_epoch(self, score: str) -> int:
-        """The epoch with the lowest FPR95 on the VALIDATION OOD set (never on test OOD sets)."""
+        """The epoch with the lowest mean FPR95 on the VALIDATION OOD sets (never on test OOD sets)."""
         if "val_ood" not in self.log[0]:
             raise UserError("selecting an epoch needs a validation split (data.val_size > 0)")
-        return self.log[int(np.argmin([r["val_ood"][score]["fpr95"] for r in self.log]))]["epoch"]
+        return self.log[int(np.argmin([val_fpr95(r, score) for r in self.log]))]["epoch"]
 
     def best_val_acc_epoch(self) -> int:
         return self.log[int(np.argmax([r["val_acc"] for r in self.log]))]["epoch"]

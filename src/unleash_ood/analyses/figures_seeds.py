@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..eval.models import val_fpr95  # noqa: E402
 from .common import group_metric  # noqa: E402
 from .figures import savefig  # noqa: E402
 
@@ -46,7 +47,7 @@ def once_covered_bands(summaries: list[dict], score: str, path: Path) -> Path:
             ys = np.array([[group_metric(r, score, "fpr95", groups, g) for r in log] for log in logs])
             _band(ax, ep, ys, f"{score}, mean ± std over seeds (thin: each seed)", seeds=True, color="black")
             for log in logs:
-                v = int(np.argmin([r["val_ood"][score]["fpr95"] for r in log]))
+                v = int(np.argmin([val_fpr95(r, score) for r in log]))
                 ax.axvline(log[v]["epoch"], color="tab:green", ls=":", lw=1)
             ax.set(title=f"{sched}: {title}", xlabel="epoch (dotted: each seed's val-selected epoch)", ylabel="FPR95 (%)")
         for key, label in (("train_ce", "train CE"), ("test_ce", "test CE")):

@@ -13,15 +13,19 @@ seeded like every ID dataset's (:func:`unleash_ood.data.split_indices`). The mod
 the one conversion (:func:`unleash_ood.data.images.to_image_format`: shorter side, then a center crop),
 and :attr:`IDData.preprocessing` records what was done. Files are decoded by the one decoder
 (:func:`unleash_ood.data.images.read_image`), in a ``DataLoader`` with ``data.workers`` processes
-(:class:`FolderImages`), into memory: the splits take N×C×H×W×4 bytes, and more than
-``data.max_memory_gb`` is refused before anything is decoded. ``data.normalize`` gives the model's
-input normalization (:func:`normalization`), which lives inside the model.
+(:class:`FolderImages`), once. The decoded splits take N×C×H×W×4 bytes (:class:`Storage`): up to
+``data.max_memory_gb`` they are held in memory; above it (or with ``data.storage=disk``) they go to a
+memory-mapped file in ``data.cache_dir``, which training and evaluation read batch by batch, so memory
+holds what the OS caches, not the dataset. ``data.normalize`` gives the model's input normalization
+(:func:`normalization`), which lives inside the model.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..config import DataConfig, is_own_dataset
+from ..config import DataConfig, data_root, is_own_dataset
 from ..errors import UserError
 from . import IDData, _check_id_classes, load_id_data, split_indices
 from .images import (
@@ -55,6 +59,7 @@ IMAGENET_GRAY: tuple[float, float] = (0.449, 0.226)  # the three channels' avera
 # (on 2 busy cores, 4,000 small PNGs decoded in 1.8 s in-process and 2.5 s with 2 workers)
 AUTO_WORKERS_FROM = 2048
 _DECODE_BATCH = 64
+_CONVERT_BATCH = 1024
 _STD_EPS = 1e-6
 
 
@@ -128,15 +133,14 @@ def load_own_data(cfg: DataConfig) -> IDData:
     if heldout_idx is not None:
         parts["heldout"] = (heldout_idx, "test")
     reader = _FolderReader(listing, cfg) if listing.train_files is not None else _ArrayReader(listing, cfg)
-    shape = reader.shape
-    _check_memory(listing.name, {k: len(idx) for k, (idx, _) in parts.items()}, shape, cfg.max_memory_gb)
-    images = {k: reader.decode(idx, split, k) for k, (idx, split) in parts.items()}
+    storage = Storage.choose(listing.name, {k: len(idx) for k, (idx, _) in parts.items()}, reader.shape, cfg)
+    images = {k: reader.decode(idx, split, k, storage.empty(len(idx))) for k, (idx, split) in parts.items()}
     labels = {"train": train_labels[pool], "val": train_labels[val_idx], "test": test_labels[test_idx]}
     data = IDData(listing.name, *((images[k], torch.from_numpy(labels[k]).long()) for k in ("train", "val", "test")),
                   classes=classes, heldout=images.get("heldout"))
     data.normalization = normalization(cfg.normalize or "dataset", data.train[0])
-    data.preprocessing = {**reader.note(parts), "normalize": {"from": _normalize_name(cfg.normalize),
-                                                              **data.normalization}}
+    data.preprocessing = {**reader.note(parts), "storage": storage.note(),
+                          "normalize": {"from": _normalize_name(cfg.normalize), **data.normalization}}
     return data
 
 
@@ -262,12 +266,12 @@ class _FolderReader:
         self.channels = collections.Counter(c for _, _, c in train)
         self.shape, self.inferred = _infer_shape(listing.name, cfg, self.sizes, self.channels)
 
-    def decode(self, idx: np.ndarray, split: str, part: str) -> torch.Tensor:
+    def decode(self, idx: np.ndarray, split: str, part: str, out: torch.Tensor) -> torch.Tensor:
         files = [self.files[split][i] for i in idx]
         cores = os.cpu_count() or 1
         workers = self.workers if self.workers is not None else (
             min(8, cores // 2) if len(files) >= AUTO_WORKERS_FROM and cores >= 4 else 0)
-        return decode_files(files, self.shape, workers, desc=f"reading {part}")
+        return decode_files(files, self.shape, workers, desc=f"reading {part}", out=out)
 
     def note(self, parts: dict[str, tuple[np.ndarray, str]]) -> dict:
         c, h, w = self.shape
@@ -291,8 +295,12 @@ class _ArrayReader:
         self.shape, self.inferred = _infer_shape(listing.name, cfg, collections.Counter([x.shape[1:3]]),
                                                  collections.Counter([channels]))
 
-    def decode(self, idx: np.ndarray, split: str, part: str) -> torch.Tensor:
-        return to_image_format(self.arrays[split][idx], self.shape, source=f"{self.listing.name} ({split}_images)")
+    def decode(self, idx: np.ndarray, split: str, part: str, out: torch.Tensor) -> torch.Tensor:
+        source = f"{self.listing.name} ({split}_images)"
+        for start in range(0, len(idx), _CONVERT_BATCH):  # in chunks: only ``out`` holds every image
+            rows = idx[start:start + _CONVERT_BATCH]
+            out[start:start + len(rows)] = to_image_format(self.arrays[split][rows], self.shape, source=source)
+        return out
 
     def note(self, parts: dict[str, tuple[np.ndarray, str]]) -> dict:
         c, h, w = self.shape
@@ -317,15 +325,60 @@ def _note(layout: str, shape, inferred, sizes, channels, resized, converted, cou
     return note
 
 
-def _check_memory(name: str, counts: dict[str, int], shape: tuple[int, int, int], limit_gb: float) -> None:
-    """The decoded splits take N×C×H×W×4 bytes; above ``data.max_memory_gb``, one error before decoding."""
-    n = sum(counts.values())
-    need = n * int(np.prod(shape)) * 4
-    if need > limit_gb * 1e9:
+@dataclass(frozen=True)
+class Storage:
+    """Where the decoded splits live: ``memory``, or ``disk`` (memory-mapped files in ``directory``)."""
+
+    kind: str
+    shape: tuple[int, int, int]
+    nbytes: int
+    directory: Path | None = None
+
+    @classmethod
+    def choose(cls, name: str, counts: dict[str, int], shape: tuple[int, int, int], cfg: DataConfig) -> Storage:
+        """``data.storage`` for splits of ``counts`` images (N×C×H×W×4 bytes); ``auto``: memory up to
+        ``data.max_memory_gb``, else disk. One :class:`UserError` before decoding where neither fits."""
+        n = sum(counts.values())
+        need = n * int(np.prod(shape)) * 4
         c, h, w = shape
-        raise UserError(f"{name}: {n:,} images at {c}×{h}×{w} take {need / 1e9:.1f} GB in memory (N×C×H×W×4 bytes), "
-                        f"above data.max_memory_gb={limit_gb:g}; set a smaller data.image_size or data.train_size, "
-                        "or raise data.max_memory_gb")
+        size = f"{name}: {n:,} images at {c}×{h}×{w} take {need / 1e9:.2f} GB decoded (N×C×H×W×4 bytes)"
+        kind = cfg.storage if cfg.storage != "auto" else ("memory" if need <= cfg.max_memory_gb * 1e9 else "disk")
+        if kind == "memory":
+            if need > cfg.max_memory_gb * 1e9:
+                raise UserError(f"{size}, above data.max_memory_gb={cfg.max_memory_gb:g}; use data.storage=auto "
+                                "or disk (a memory-mapped file), a smaller data.image_size or data.train_size, "
+                                "or raise data.max_memory_gb")
+            return cls("memory", shape, need)
+        directory = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_root(cfg.data_root) / "decoded"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(directory).free
+        except OSError as e:
+            raise UserError(f"data.cache_dir {directory}: cannot use it for the decoded images ({e.strerror or e})") from None
+        if need > free:
+            raise UserError(f"{size}, more than the {free / 1e9:.2f} GB free in {directory}; set data.cache_dir "
+                            "to a larger disk, or a smaller data.image_size or data.train_size")
+        return cls("disk", shape, need, directory)
+
+    def empty(self, n: int) -> torch.Tensor:
+        """An uninitialized float32 n×C×H×W tensor, in memory or memory-mapped."""
+        if self.kind == "memory" or n == 0:
+            return torch.empty((n, *self.shape), dtype=torch.float32)
+        fd, name = tempfile.mkstemp(prefix="decoded-", suffix=".f32", dir=self.directory)
+        try:
+            os.close(fd)
+            array = np.memmap(name, dtype=np.float32, mode="w+", shape=(n, *self.shape))
+        except OSError as e:
+            raise UserError(f"cannot map {name} for the decoded images ({e.strerror or e})") from None
+        finally:
+            os.unlink(name)  # the mapping stays valid; the space is freed when the process lets go of it
+        return torch.from_numpy(array)
+
+    def note(self) -> dict:
+        out = {"kind": self.kind, "decoded_gb": round(self.nbytes / 1e9, 3)}
+        if self.directory is not None:
+            out["memory_mapped_in"] = str(self.directory)
+        return out
 
 
 # --------------------------------------------------------------------------- decoding files
@@ -367,10 +420,11 @@ def _collate(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[
 
 
 def decode_files(files: list[Path], image_shape: tuple[int, int, int], workers: int = 0,
-                 desc: str = "reading") -> torch.Tensor:
-    """Every file decoded into one float32 N×C×H×W tensor, in order, by ``workers`` processes
-    (0: this one); the first unreadable file is one :class:`UserError` naming it."""
-    out = torch.empty((len(files), *image_shape), dtype=torch.float32)
+                 desc: str = "reading", out: torch.Tensor | None = None) -> torch.Tensor:
+    """Every file decoded into one float32 N×C×H×W tensor (``out`` where given, e.g. memory-mapped), in
+    order, by ``workers`` processes (0: this one); the first unreadable file is one :class:`UserError`
+    naming it."""
+    out = torch.empty((len(files), *image_shape), dtype=torch.float32) if out is None else out
     if not files:
         return out
     loader = DataLoader(_Decoding(files, None, image_shape), batch_size=_DECODE_BATCH, num_workers=workers,
@@ -454,5 +508,5 @@ def _spec_key(spec: str) -> tuple[str, str]:
     return (kind, value) if kind == "builtin" else (kind, str(Path(value).expanduser().resolve()))
 
 
-__all__ = ["FolderImages", "Listing", "decode_files", "list_folder", "list_npz", "load_data", "load_own_data",
+__all__ = ["FolderImages", "Listing", "Storage", "decode_files", "list_folder", "list_npz", "load_data", "load_own_data",
            "load_val_outliers", "normalization"]

@@ -97,22 +97,40 @@ def evaluate_models(models: dict[str, tuple[nn.Module, dict | None]], prep: Prep
 
 def track(model: nn.Module, prep: Prepared, scores: list[str]) -> dict:
     """One epoch's once-covered record: ID test accuracy and CE with the OOD test sets' metrics, and
-    ID validation accuracy with the validation-OOD metrics."""
+    ID validation accuracy with the validation-OOD metrics: ``val_ood`` (the patch-shuffled proxy) and,
+    where the user gave known outliers (``data.val_near``/``val_far``), ``val_user`` (per set)."""
     test = evaluate_models({"m": (model, None)}, prep, scores, progress=False)
     rec = {"id_acc": test.id_acc["m"], "test_ce": test.id_ce["m"], "ood": test.per_set("m")}
     if len(prep.id.val[0]):
         val = evaluate_models({"m": (model, None)}, prep, scores, prep.val_sets(), progress=False)
-        rec["val_acc"], rec["val_ood"] = val.id_acc["m"], val.per_set("m")["val_ood"]
+        per_set = val.per_set("m")
+        rec["val_acc"], rec["val_ood"] = val.id_acc["m"], per_set.pop("val_ood")
+        if per_set:
+            rec["val_user"] = per_set
     return rec
+
+
+def val_fpr95(record: dict, score: str) -> float:
+    """A tracked record's validation FPR95 for ``score``: the mean over the validation OOD sets (the
+    patch-shuffled proxy and each of the user's known outliers, equal weights), what epochs are
+    selected on."""
+    sets = [record["val_ood"], *record.get("val_user", {}).values()]
+    return float(np.mean([s[score]["fpr95"] for s in sets]))
 
 
 def validation_metrics(models: dict[str, tuple[nn.Module, dict | None]], prep: Prepared,
                        scores: tuple[str, ...] = ("Energy", "MSP")) -> dict[str, dict]:
     """Per model: ID validation accuracy (with its mask, if any) and metrics on the synthetic validation
-    OOD set — what hyperparameters may be selected on (the OOD test sets never are)."""
+    OOD set, and the user's known outliers (``data.val_near``/``val_far``) under ``val_user`` — what
+    hyperparameters may be selected on (the OOD test sets never are)."""
     ev = evaluate_models(models, prep, list(scores), prep.val_sets(), progress=False)
-    return {name: {"val_acc": ev.masked_acc.get(name, ev.id_acc[name]), **ev.per_set(name)["val_ood"]}
-            for name in models}
+    out = {}
+    for name in models:
+        per_set = ev.per_set(name)
+        out[name] = {"val_acc": ev.masked_acc.get(name, ev.id_acc[name]), **per_set.pop("val_ood")}
+        if per_set:
+            out[name]["val_user"] = per_set
+    return out
 
 
 def flatten_scores(model: str, by_dataset: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from torch import nn
 from ..config import DemoConfig, ModelConfig, OptimConfig, UMAPConfig, UMConfig, build_config
 from ..data.prepared import Prepared, prepare_data
 from ..errors import UserError, WriteError, os_error_reason
-from ..eval.models import track
+from ..eval.models import track, val_fpr95
 from ..methods.train import NonFiniteLossError, ResumeState, train
 from ..methods.um import (
     CHANCE_FRACTION,
@@ -223,14 +223,15 @@ def run_umap(base: nn.Module, prep: Prepared, cfg: UMAPConfig, zeta: float, seed
 
 def best_epochs(log: list[dict], scores: list[str], groups: dict[str, str] | None = None) -> dict:
     """Per tracked score: epoch of the best mean FPR95 on the OOD test sets (near + far by ``groups``;
-    analysis only) and on the validation OOD set (a legitimate selection), vs the final epoch."""
+    analysis only) and on the validation OOD sets (:func:`val_fpr95`, a legitimate selection), vs the final
+    epoch."""
     out = {}
     for s in scores:
         test = [np.mean([r["ood"][d][s]["fpr95"] for d in mean_sets(set_groups(r["ood"], groups))]) for r in log]
         row = {"final_epoch": log[-1]["epoch"], "final_test_fpr95": float(test[-1]),
                "best_test_epoch": log[int(np.argmin(test))]["epoch"], "best_test_fpr95": float(np.min(test))}
         if "val_ood" in log[0]:
-            val = [r["val_ood"][s]["fpr95"] for r in log]
+            val = [val_fpr95(r, s) for r in log]
             i = int(np.argmin(val))
             row.update(best_val_epoch=log[i]["epoch"], test_fpr95_at_best_val=float(test[i]))
         out[s] = row
