@@ -16,7 +16,7 @@ from torch import nn
 from unleash_ood.config import DemoConfig, ScoresConfig, validate
 from unleash_ood.data.batches import TensorBatches
 from unleash_ood.detectors import distance
-from unleash_ood.detectors.base import DETECTORS, FitData, build_detector
+from unleash_ood.detectors import DETECTORS, FitData, build_detector  # the package: every built-in registered
 from unleash_ood.detectors.params import TABLE_ORDER
 from unleash_ood.detectors.subspace import vim_default_dim
 from unleash_ood.errors import UserError
