@@ -236,6 +236,10 @@ def test_val_near_and_far_join_the_validation_ood(fm_folder: Path, photo_npz: Pa
     sets = prep.val_sets()
     assert sets.groups == {"val_ood": "far", "known": "far", "close": "near"}
     assert sets.ood["known"].shape == (40, 1, 28, 28) and len(sets.ood["close"]) == 10  # in the ID format
+    assert [len(x) for x, _ in prep.batches(*prep.id.test)] == [512] * (len(prep.id.test[0]) // 512) + (
+        [len(prep.id.test[0]) % 512] if len(prep.id.test[0]) % 512 else [])
+    small = prepare_data(cfg.model_copy(update={"eval_batch_size": 7}))  # data.eval_batch_size bounds each pass
+    assert {len(x) for x, _ in small.batches(*small.id.test)} - {len(small.id.test[0]) % 7} == {7}
     chosen = validation_ood(cfg, prep.val_ood, prep.id.image_shape, prep.val_user)
     assert chosen["far"][0] == "patch-shuffled ID validation + known"
     assert len(chosen["far"][1]) == len(prep.val_ood) + 40

@@ -196,7 +196,9 @@ class DataConfig(_Strict):
     for own data: mean/std per channel of the training split; ``imagenet``; or ``[[mean…], [std…]]`` /
     ``{mean: […], std: […]}``), ``storage`` (where the decoded splits live, N×C×H×W×4 bytes: ``memory``;
     ``disk``, a memory-mapped file in ``cache_dir`` (default ``DATA_ROOT/decoded``) read batch by batch;
-    ``auto``, memory up to ``max_memory_gb``, else disk), ``workers`` (decoding processes; None: automatic). ``val_size``: a count or a fraction in (0, 1).
+    ``auto``, memory up to ``max_memory_gb``, else disk), ``workers`` (decoding processes; None: automatic).
+    ``eval_batch_size``: the batch of every evaluation pass (its activations set the peak memory at large
+    image sizes). ``val_size``: a count or a fraction in (0, 1).
     ``val_near``/``val_far``: your known outliers, added to the validation OOD of that group.
     ``val_probes``: generated validation sets (:mod:`unleash_ood.data.probes`, ``val_ood_size // 2``
     images each) scored and reported beside the proxies, never chosen on.
@@ -225,6 +227,7 @@ class DataConfig(_Strict):
     val_probes: list[Literal["strokes", "distorted"]] = Field(default_factory=lambda: ["strokes", "distorted"])
     max_memory_gb: float = Field(16.0, gt=0)
     storage: Literal["auto", "memory", "disk"] = "auto"
+    eval_batch_size: int = Field(512, ge=1)
     cache_dir: str | None = None
     workers: int | None = Field(None, ge=0)
 

@@ -41,9 +41,10 @@ class Prepared:
     groups: dict[str, str] = field(default_factory=dict)
     val_user: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)  # data.val_near/far: {group: (name, x)}
     sets: dict[str, dict] = field(default_factory=dict)  # per OOD set and validation proxy: sha256, n, shape, sources
+    eval_batch: int = EVAL_BATCH  # data.eval_batch_size
 
     def batches(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> TensorBatches:
-        return TensorBatches(images, labels, EVAL_BATCH)
+        return TensorBatches(images, labels, self.eval_batch)
 
     def train_batches(self, batch_size: int, seed: int, augment: bool) -> TensorBatches:
         return TensorBatches(*self.id.train, batch_size=batch_size, shuffle=True, seed=seed,
@@ -80,7 +81,7 @@ def prepare_data(cfg: DataConfig, ood_specs: list[str] | None = None,
     val_user = load_val_outliers(cfg, data.image_shape, [*cfg.ood_specs(), *(s for s, _ in pairs)], data.heldout)
     val_ood = validation_ood(data, cfg)
     sets = fingerprints(cfg, ood, [spec for spec, _ in pairs], val_ood, val_user)
-    return Prepared(data, ood, val_ood, groups, val_user, sets)
+    return Prepared(data, ood, val_ood, groups, val_user, sets, cfg.eval_batch_size)
 
 
 def validation_ood(data: IDData, cfg: DataConfig) -> torch.Tensor:

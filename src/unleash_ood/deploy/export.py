@@ -43,7 +43,6 @@ from .net import ScoringNet, materialize_masks, normalization_of
 from .onnx_export import export_onnx, require_deploy_extra
 
 FORMATS = ("torch", "onnx")
-FIT_BATCH = 512  # the evaluation's batch size (pipeline.EVAL_BATCH)
 
 
 @dataclass
@@ -87,6 +86,7 @@ class LoadedModel:
     mask_path: Path | None
     masks: dict[str, torch.Tensor] | None
     data_seed: int
+    batch_size: int = 512  # the run's data.eval_batch_size, as evaluate_models
 
 
 def load_run_model(req: ExportRequest) -> LoadedModel:
@@ -100,7 +100,7 @@ def load_run_model(req: ExportRequest) -> LoadedModel:
         raise UserError(f"run {run.root} has no ID validation split (data.val_size=0): nothing to calibrate on")
     model, model_cfg = load_checkpoint(found.weights, data.num_classes, cfg.model)
     masks = load_masks(found.mask)[0] if found.mask else None
-    return LoadedModel(run.root, data, model, model_cfg, found.weights, found.mask, masks, d.seed)
+    return LoadedModel(run.root, data, model, model_cfg, found.weights, found.mask, masks, d.seed, d.eval_batch_size)
 
 
 def bundle_spec(req: ExportRequest, src: LoadedModel, detector: Detector) -> BundleSpec:
@@ -142,7 +142,7 @@ def export_run(req: ExportRequest) -> BundleSpec:
     src = load_run_model(req)
     scorer = materialize_masks(src.model, src.masks) if src.masks else src.model
     net = ScoringNet(src.model, scorer, detector).to(select_device(req.device))
-    fit_detectors(scorer, [detector], TensorBatches(*src.data.train, batch_size=FIT_BATCH))  # as evaluate_models
+    fit_detectors(scorer, [detector], TensorBatches(*src.data.train, batch_size=src.batch_size))  # as evaluate_models
     net.to(select_device(req.device))  # statistics fitted on the CPU follow the network
     stats = {k: v.detach().cpu().contiguous() for k, v in detector.state_dict().items()}
     spec = bundle_spec(req, src, detector)
