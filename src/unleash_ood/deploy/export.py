@@ -86,7 +86,7 @@ class LoadedModel:
     mask_path: Path | None
     masks: dict[str, torch.Tensor] | None
     data_seed: int
-    batch_size: int = 512  # the run's data.eval_batch_size, as evaluate_models
+    batch_size: int  # the run's data.eval_batch_size, as evaluate_models
 
 
 def load_run_model(req: ExportRequest) -> LoadedModel:

@@ -103,11 +103,19 @@ def track(model: nn.Module, prep: Prepared, scores: list[str]) -> dict:
     rec = {"id_acc": test.id_acc["m"], "test_ce": test.id_ce["m"], "ood": test.per_set("m")}
     if len(prep.id.val[0]):
         val = evaluate_models({"m": (model, None)}, prep, scores, prep.val_sets(), progress=False)
-        per_set = val.per_set("m")
-        rec["val_acc"], rec["val_ood"] = val.id_acc["m"], per_set.pop("val_ood")
-        if per_set:
-            rec["val_user"] = per_set
+        rec["val_acc"] = val.id_acc["m"]
+        rec.update(_validation_sets(val, "m"))
     return rec
+
+
+def _validation_sets(ev: ModelsEvaluation, model: str) -> dict:
+    """``{"val_ood": metrics}`` of one model on ``prep.val_sets()``, with ``val_user`` (the user's known
+    outliers, per set) where there are any."""
+    per_set = ev.per_set(model)
+    out = {"val_ood": per_set.pop("val_ood")}
+    if per_set:
+        out["val_user"] = per_set
+    return out
 
 
 def val_fpr95(record: dict, score: str) -> float:
@@ -126,10 +134,8 @@ def validation_metrics(models: dict[str, tuple[nn.Module, dict | None]], prep: P
     ev = evaluate_models(models, prep, list(scores), prep.val_sets(), progress=False)
     out = {}
     for name in models:
-        per_set = ev.per_set(name)
-        out[name] = {"val_acc": ev.masked_acc.get(name, ev.id_acc[name]), **per_set.pop("val_ood")}
-        if per_set:
-            out[name]["val_user"] = per_set
+        sets = _validation_sets(ev, name)
+        out[name] = {"val_acc": ev.masked_acc.get(name, ev.id_acc[name]), **sets.pop("val_ood"), **sets}
     return out
 
 
